@@ -28,7 +28,7 @@ $(VENV)/bin/python:
 $(VENV)/.stamp-base: $(VENV)/bin/python pyproject.toml workers/pyproject.toml
 	$(PIP) install "maturin>=1.9,<2" "typing_extensions>=4.10"
 	$(PIP) install $$($(PY) -c 'import tomllib;d=tomllib.load(open("pyproject.toml","rb"))["project"];print(" ".join(repr(x) for x in d["dependencies"]+d["optional-dependencies"]["dev"]))' | tr -d "'")
-	$(PIP) install --no-build-isolation -e workers
+	$(PIP) install -e workers
 	touch $@
 
 install-base: $(VENV)/.stamp-base
