@@ -1,0 +1,1 @@
+"""The OpenAI-compatible KV-aware router: app (FastAPI), registry, events, tokenize, metrics."""
