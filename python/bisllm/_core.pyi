@@ -23,6 +23,7 @@ __all__ = [
     "WorkerLoad",
     "EventsSummary",
     "hash_blocks",
+    "lora_salt",
     "POLICIES",
     "__version__",
 ]
@@ -53,6 +54,13 @@ def hash_blocks(tokens: TokenInput, block_size: int, salt: int = 0) -> list[int]
 
     Block i hashes ``le_bytes(h_{i-1}) || le_u32(tokens of block i)`` with seed ``salt``;
     the trailing partial block is not hashed.
+    """
+
+def lora_salt(lora_name: str) -> int:
+    """The ``salt`` of requests to a LoRA adapter: ``xxh3_64(lora_name.encode())``.
+
+    ``apply_events`` hashes blocks stored with a ``lora_name`` under this salt, so pass
+    the same value to ``route(..., salt=...)`` for requests to that adapter.
     """
 
 @final
@@ -122,8 +130,8 @@ class Core:
         approx_ttl_secs: lifetime of entries predicted for approximate workers.
     """
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         block_size: int,
         *,
         policy: str = "kv_aware",
@@ -131,7 +139,7 @@ class Core:
         temperature: float = 0.0,
         seed: int | None = None,
         approx_ttl_secs: float = 120.0,
-    ) -> None: ...
+    ) -> Core: ...
     @property
     def block_size(self) -> int: ...
     @property

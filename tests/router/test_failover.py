@@ -6,15 +6,12 @@ import asyncio
 import json
 
 import httpx
-
-from .conftest import start_mocker, start_router
+from router_harness import start_mocker, start_router
 
 
 async def test_worker_killed_under_load(tiny_model, log_dir):
     # Real-time mockers (speedup 1): requests stay in flight long enough to be cut.
-    workers = [
-        start_mocker(tiny_model, log_dir, f"slow{i}", "--speedup", "1") for i in range(3)
-    ]
+    workers = [start_mocker(tiny_model, log_dir, f"slow{i}", "--speedup", "1") for i in range(3)]
     router = start_router(
         tiny_model, log_dir, [w.url for w in workers], "--max-retries", "3", name="router-kill"
     )
@@ -33,7 +30,10 @@ async def test_worker_killed_under_load(tiny_model, log_dir):
 
         async def streaming(client: httpx.AsyncClient, i: int) -> None:
             body = {
-                "model": "tiny", "prompt": f"stream {i} " * 20, "max_tokens": 60, "stream": True
+                "model": "tiny",
+                "prompt": f"stream {i} " * 20,
+                "max_tokens": 60,
+                "stream": True,
             }
             async with client.stream("POST", router.url + "/v1/completions", json=body) as r:
                 assert r.status_code == 200

@@ -74,6 +74,7 @@ class KvEventSubscriber:
         context: zmq.asyncio.Context,
         *,
         replay_timeout_s: float = 2.0,
+        bind: bool = False,
     ) -> None:
         self.core = core
         self.worker_id = worker_id
@@ -82,6 +83,7 @@ class KvEventSubscriber:
         self.topic = topic
         self.context = context
         self.replay_timeout_s = replay_timeout_s
+        self.bind = bind  # the publisher connects to us (vLLM with a non-wildcard tcp address)
         self.stats = EventStats()
         self.state = IndexState.EXACT
         self._expected: int | None = None
@@ -119,7 +121,10 @@ class KvEventSubscriber:
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, 100_000)
         sub.setsockopt_string(zmq.SUBSCRIBE, self.topic)
-        sub.connect(self.endpoint)
+        if self.bind:
+            sub.bind(self.endpoint)
+        else:
+            sub.connect(self.endpoint)
         try:
             while True:
                 frames = await sub.recv_multipart(copy=False)

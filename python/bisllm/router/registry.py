@@ -63,6 +63,9 @@ class WorkerInfo:
     kv_capacity_blocks: int | None = None
     max_model_len: int | None = None
     engine: str = "unknown"
+    # True when the publisher CONNECTS (vLLM with a plain tcp://host:port endpoint), so the
+    # router must bind. Never part of /bisllm/worker, whose endpoints are connect addresses.
+    subscriber_binds: bool = False
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> WorkerInfo:
@@ -96,6 +99,11 @@ class Worker:
         if self.subscriber is None:
             return IndexState.APPROXIMATE
         return self.subscriber.state
+
+
+def _publisher_binds(endpoint: str) -> bool:
+    """vLLM's rule: its publisher binds ipc:// and wildcard tcp endpoints, else connects."""
+    return endpoint.startswith("ipc://") or "*" in endpoint or "::" in endpoint
 
 
 def _connect_address(endpoint: str, worker_url: str) -> str:
@@ -179,6 +187,7 @@ class WorkerRegistry:
                     info = WorkerInfo.from_json(await resp.json(content_type=None))
                     if worker.events_override:
                         info.kv_events_endpoint = worker.events_override
+                        info.subscriber_binds = not _publisher_binds(worker.events_override)
                     return self._resolve(info, worker)
             return self._resolve(await self._discover_plain_vllm(worker, timeout), worker)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
@@ -210,10 +219,12 @@ class WorkerRegistry:
                 if resp.status == 200:
                     sources = await resp.json(content_type=None)
                     _apply_event_sources(info, sources)
+        if info.kv_events_endpoint:
+            info.subscriber_binds = not _publisher_binds(info.kv_events_endpoint)
         return info
 
     def _resolve(self, info: WorkerInfo, worker: Worker) -> WorkerInfo:
-        if info.kv_events_endpoint:
+        if info.kv_events_endpoint and not info.subscriber_binds:
             info.kv_events_endpoint = _connect_address(info.kv_events_endpoint, worker.url)
         if info.kv_replay_endpoint:
             info.kv_replay_endpoint = _connect_address(info.kv_replay_endpoint, worker.url)
@@ -251,6 +262,7 @@ class WorkerRegistry:
                 info.kv_replay_endpoint,
                 info.kv_events_topic,
                 self._zmq,
+                bind=info.subscriber_binds,
             )
             worker.subscriber.start()
         worker.status = WorkerStatus.HEALTHY
@@ -368,17 +380,19 @@ class WorkerRegistry:
 
 
 def _apply_event_sources(info: WorkerInfo, sources: Any) -> None:
-    """Read vLLM's ``GET /kv_event_sources`` answer (its KV events publisher config)."""
-    entries = sources if isinstance(sources, list) else [sources]
-    for entry in entries:
-        if not isinstance(entry, dict):
-            continue
-        cfg = entry.get("kv_events_config", entry)
-        if isinstance(cfg, dict) and cfg.get("endpoint"):
-            info.kv_events_endpoint = cfg["endpoint"]
-            info.kv_replay_endpoint = cfg.get("replay_endpoint")
-            info.kv_events_topic = cfg.get("topic", "kv") or "kv"
-            return
+    """Read vLLM's ``GET /kv_event_sources``: ``{dp_rank: KVEventsConfig}``.
+
+    Only rank 0's publisher is subscribed: sequence numbers are per engine process,
+    so each rank would need its own subscriber (not implemented yet).
+    """
+    if not isinstance(sources, dict) or not sources:
+        return
+    ranks = sorted(sources, key=lambda k: int(k) if str(k).isdigit() else 1 << 30)
+    cfg = sources[ranks[0]]
+    if isinstance(cfg, dict) and cfg.get("enable_kv_cache_events", True) and cfg.get("endpoint"):
+        info.kv_events_endpoint = cfg["endpoint"]
+        info.kv_replay_endpoint = cfg.get("replay_endpoint")
+        info.kv_events_topic = cfg.get("topic") or ""
 
 
 class CoreHolder:

@@ -1,0 +1,1 @@
+"""bisllm benchmarks: trace replay and policy comparison (``python -m bench.replay``)."""
