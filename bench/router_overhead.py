@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -235,21 +236,17 @@ def main() -> None:
             "added_p50": (percentile(seq_router, 50) - percentile(seq_direct, 50)) * 1e3,
         }
         rows = []
+        router_ps = psutil.Process(router.pid)
         for rate in [float(r) for r in args.rates.split(",")]:
-            direct = summarize(
-                asyncio.run(
-                    open_loop(
-                        worker_urls, rate, args.duration, args.prompt_len, args.max_tokens, seed=1
-                    )
-                )
-            )
-            routed = summarize(
-                asyncio.run(
-                    open_loop(
-                        [router_url], rate, args.duration, args.prompt_len, args.max_tokens, seed=1
-                    )
-                )
-            )
+            load = (args.duration, args.prompt_len, args.max_tokens)
+            direct = summarize(asyncio.run(open_loop(worker_urls, rate, *load, seed=1)))
+            cpu0 = router_ps.cpu_times()
+            routed_samples = asyncio.run(open_loop([router_url], rate, *load, seed=1))
+            cpu1 = router_ps.cpu_times()
+            routed = summarize(routed_samples)
+            # Router CPU per request: robust to other load on the machine, unlike latency.
+            cpu_s = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+            routed["router_cpu_us_per_request"] = cpu_s / max(1, len(routed_samples)) * 1e6
             row = {
                 "rate": rate,
                 "direct": direct,
@@ -264,7 +261,8 @@ def main() -> None:
                 f"rate {rate:6.0f}/s  added TTFT p50 {row['added_ttft_p50_ms']:6.2f} ms "
                 f"p99 {row['added_ttft_p99_ms']:6.2f} ms | added e2e p50 "
                 f"{row['added_e2e_p50_ms']:6.2f} ms p99 {row['added_e2e_p99_ms']:6.2f} ms | "
-                f"errors direct {direct['errors']} router {routed['errors']}",
+                f"errors direct {direct['errors']} router {routed['errors']} | router CPU "
+                f"{routed['router_cpu_us_per_request']:.0f} us/request",
                 flush=True,
             )
         results["rates"] = rows
