@@ -7,7 +7,7 @@ Starts one mocker process with several workers and one router in front of them
 (a) directly to the workers (round robin) and (b) through the router:
 
 - time to first token (first SSE event) and end-to-end latency, p50/p99;
-- added latency = router percentile − direct percentile, per rate;
+- added latency = router percentile - direct percentile, per rate;
 - streamed first-token latency on a single kept-alive connection, sequential
   requests (this is where Nagle + delayed ACK would add ~40 ms per token);
 - the highest offered rate at which the added p99 stays under 5 ms.
