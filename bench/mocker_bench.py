@@ -32,7 +32,6 @@ import aiohttp
 import zmq
 import zmq.asyncio
 
-ROOT = Path(__file__).resolve().parents[1]
 _TEXT = (
     "the model router sends each request to a worker whose cache holds the longest prefix of "
     "its prompt while keeping load balanced across the fleet so that time to first token stays "
@@ -215,7 +214,8 @@ async def drive(args: argparse.Namespace, workers: list[dict]) -> dict:
 
 def start_mocker(args: argparse.Namespace) -> tuple[subprocess.Popen, list[dict], list[str]]:
     cmd = [
-        str(ROOT / ".venv/bin/bisllm-mocker"),
+        *(["taskset", "-c", args.mocker_cpus] if args.mocker_cpus else []),
+        sys.executable, "-m", "bisllm_workers.mocker.cli",
         "--workers", str(args.workers), "--base-port", "0",
         "--profile", args.profile, "--speedup", str(args.speedup),
         "--min-step-ms", str(args.min_step_ms), "--json",
@@ -245,6 +245,7 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=30.0, help="seconds of offered load")
     p.add_argument("--speedup", type=float, default=10.0)
     p.add_argument("--profile", default="h100-llama3-8b")
+    p.add_argument("--mocker-cpus", default=None, help="pin the mocker with taskset -c CPUS")
     p.add_argument("--min-step-ms", type=float, default=0.0, help="mocker step quantum (wall ms)")
     p.add_argument("--model", default=None, help="model dir for the tokenizer (default: embedded)")
     p.add_argument("--prefixes", type=int, default=16, help="distinct shared prompt prefixes")
@@ -295,6 +296,7 @@ def main() -> int:
         workers=len(workers),
         speedup=args.speedup,
         min_step_ms=args.min_step_ms,
+        mocker_cpus=args.mocker_cpus,
         profile=args.profile,
         rate=args.rate,
         duration=args.duration,

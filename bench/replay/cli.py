@@ -29,7 +29,7 @@ import math
 import shlex
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +58,15 @@ from bench.replay.trace import (
 )
 
 DEFAULT_TRACE = REPO.parent / "shared" / "traces" / "mooncake_synthetic_trace.jsonl"
+#: A run whose client sent requests this late (p99, simulated ms) was limited by the
+#: benchmark machine's CPU rather than the simulated GPUs; the report flags it.
+CPU_LAG_WARN_SIM_MS = 10.0
 DEFAULT_POLICIES = (
     "kv_aware:w=1,t=0",
     "kv_aware:w=2,t=0",
-    "kv_aware:w=1,t=0.1",
+    "kv_aware:w=4,t=0",
+    "kv_aware:w=8,t=0",
+    "kv_aware:w=4,t=0.1",
     "round_robin",
     "least_tokens",
     "power_of_two",
@@ -188,6 +193,14 @@ def _fleet_args(p: argparse.ArgumentParser) -> None:
         default=1.0,
         help="mocker --speedup: simulated seconds per wall second (< 1 slows the simulated "
         "GPUs so the CPU is not the bottleneck)",
+    )
+    g.add_argument(
+        "--wall-rate",
+        type=float,
+        default=None,
+        help="instead of --speedup: pick each run's speedup so the client sends this many "
+        "req/s of wall time whatever the simulated rate (keeps the CPU load of every run "
+        "of a sweep the same)",
     )
     g.add_argument("--block-size", type=int, default=16, help="KV block size in tokens")
     g.add_argument("--num-blocks", type=int, default=None, help="KV capacity per worker in blocks")
@@ -359,11 +372,10 @@ def _run_async(coro: Any) -> ClientRun:
     return uvloop.run(coro)  # type: ignore[no-any-return]
 
 
-def _downsample(samples: list[LoadSample], speedup: float, n: int = 300) -> list[dict[str, Any]]:
+def _downsample(samples: list[LoadSample], n: int = 300) -> list[dict[str, Any]]:
     step = max(1, len(samples) // n)
     return [
-        {"t_s": round(s.t_s * speedup, 4), "in_flight_tokens": s.in_flight_tokens}
-        for s in samples[::step]
+        {"t_s": round(s.t_s, 4), "in_flight_tokens": s.in_flight_tokens} for s in samples[::step]
     ]
 
 
@@ -377,7 +389,6 @@ def write_report(
     command: str,
 ) -> None:
     """report.json + report.md (rewritten after every run)."""
-    speedup = fleet_cfg.speedup
     doc = {
         "mode": mode,
         "command": command,
@@ -386,7 +397,7 @@ def write_report(
         "workload": meta,
         "fleet": asdict(fleet_cfg),
         "runs": [
-            {**s.to_dict(), "load_samples": _downsample(samples.get(s.label, []), speedup)}
+            {**s.to_dict(), "load_samples": _downsample(samples.get(s.label, []))}
             for s in summaries
         ],
     }
@@ -403,7 +414,8 @@ def write_report(
         f"output scale {meta['output_scale']}).",
         "",
         f"Fleet: {fleet_cfg.workers} mock workers, profile `{fleet_cfg.profile}`, speedup "
-        f"{fleet_cfg.speedup:g}, block size {fleet_cfg.block_size}, "
+        f"{', '.join(sorted({f'{x.speedup:g}' for x in summaries}))}, "
+        f"block size {fleet_cfg.block_size}, "
         f"{fleet_cfg.num_blocks or 'default'} KV blocks per worker.",
         "",
         "Latencies in simulated ms (wall x speedup). Hit rate: engine-reported cached / "
@@ -429,6 +441,17 @@ def write_report(
     if lag:
         lines += [
             f"Client send lag p99 (wall ms, CPU-saturation check): max {max(lag):.1f} over runs.",
+            "",
+        ]
+    suspect = [
+        s.label
+        for s in summaries
+        if s.client_lag_p99_ms is not None and s.client_lag_p99_ms * s.speedup > CPU_LAG_WARN_SIM_MS
+    ]
+    if suspect:
+        lines += [
+            f"**CPU-bound runs** (client sent >{CPU_LAG_WARN_SIM_MS:g} simulated ms late at p99: "
+            f"the benchmark machine, not the simulated GPUs, limited them): {', '.join(suspect)}",
             "",
         ]
     for png in ("ttft_cdf.png", "hit_rate.png", "load_over_time.png", "sweep_ttft.png"):
@@ -484,13 +507,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for rate in rates:
             w = with_rate(work, rate) if rate is not None else work
+            run_cfg = fleet_cfg
+            if args.wall_rate is not None:
+                run_cfg = replace(fleet_cfg, speedup=args.wall_rate / w.mean_rate)
             for policy in policies:
                 label = policy.label if rate is None else f"{policy.label} @{rate:g}"
-                summary, run = run_once(w, expander, fleet_cfg, policy, args, out, label, ideal)
+                summary, run = run_once(w, expander, run_cfg, policy, args, out, label, ideal)
                 summaries.append(summary)
-                samples[label] = run.samples
+                # Keep load samples and TTFTs in simulated time (speedups may differ per run).
+                samples[label] = [
+                    LoadSample(x.t_s * run_cfg.speedup, x.in_flight_tokens, x.requests)
+                    for x in run.samples
+                ]
                 ttfts[label] = [
-                    t * fleet_cfg.speedup * 1000
+                    t * run_cfg.speedup * 1000
                     for r in run.results
                     if r.outcome == "ok" and (t := r.ttft_s) is not None
                 ]
@@ -499,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
                     runs_dir.mkdir(exist_ok=True)
                     name = "".join(c if c.isalnum() else "_" for c in label)
                     (runs_dir / f"{name}.json").write_text(
-                        json.dumps(result_rows(run.results, fleet_cfg.speedup))
+                        json.dumps(result_rows(run.results, run_cfg.speedup))
                     )
                 print(_one_line(summary), file=sys.stderr)
                 write_report(out, args.mode, meta, fleet_cfg, summaries, samples, command)
@@ -507,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench.replay: interrupted; partial results kept", file=sys.stderr)
     finally:
         if summaries and not args.no_plots:
-            _plots(out, args.mode, work.name, summaries, samples, ttfts, fleet_cfg.speedup)
+            _plots(out, args.mode, work.name, summaries, samples, ttfts)
             write_report(out, args.mode, meta, fleet_cfg, summaries, samples, command)
     print(markdown_table(summaries))
     print(f"report: {out / 'report.md'}", file=sys.stderr)
@@ -522,7 +552,8 @@ def _one_line(s: RunSummary) -> str:
     best = "-" if s.best_prefix_hit_rate is None else f"{100 * s.best_prefix_hit_rate:.1f}%"
     return (
         f"  {s.label}: TTFT p50/p90/p99 {ms(s.ttft.p50)}/{ms(s.ttft.p90)}/{ms(s.ttft.p99)} ms, "
-        f"hit {hit} (best {best}), errors {s.errors}, shed {s.shed}, wall {s.wall_s:.0f}s"
+        f"hit {hit} (best {best}), errors {s.errors}, shed {s.shed}, wall {s.wall_s:.0f}s, "
+        f"client lag p99 {s.client_lag_p99_ms or 0:.0f} wall ms"
     )
 
 
@@ -533,7 +564,6 @@ def _plots(
     summaries: list[RunSummary],
     samples: dict[str, list[LoadSample]],
     ttfts: dict[str, list[float]],
-    speedup: float,
 ) -> None:
     if mode == "sweep":
         plots.sweep(summaries, out / "sweep_ttft.png", f"{name}: load sweep")
@@ -541,5 +571,5 @@ def _plots(
     plots.ttft_cdf(ttfts, out / "ttft_cdf.png", f"{name}: TTFT distribution")
     plots.hit_rate_plot(summaries, out / "hit_rate.png", f"{name}: prompt-token cache hit rate")
     plots.load_over_time(
-        samples, speedup, out / "load_over_time.png", f"{name}: in-flight tokens per worker"
+        samples, 1.0, out / "load_over_time.png", f"{name}: in-flight tokens per worker"
     )

@@ -21,7 +21,11 @@ fn bench_route(c: &mut Criterion) {
         let prompts: Vec<Vec<u32>> = (0..64)
             .map(|i| {
                 let c = &w.conversations[(i * 7919) % w.conversations.len()];
-                let mut t = if i % 2 == 0 { c.tokens.clone() } else { w.prefixes[c.prefix].clone() };
+                let mut t = if i % 2 == 0 {
+                    c.tokens.clone()
+                } else {
+                    w.prefixes[c.prefix].clone()
+                };
                 t.truncate(1024 * BLOCK);
                 let fresh = 1024 * BLOCK - t.len();
                 t.extend(common::tokens(&mut rng, fresh));
@@ -32,21 +36,32 @@ fn bench_route(c: &mut Criterion) {
         // Background load: a few requests in flight per worker.
         for i in 0..(workers as usize * 2) {
             router
-                .route(&format!("bg{i}"), &prompts[i % prompts.len()][..2048], &RouteOptions::default())
+                .route(
+                    &format!("bg{i}"),
+                    &prompts[i % prompts.len()][..2048],
+                    &RouteOptions::default(),
+                )
                 .unwrap();
         }
         let mut i = 0usize;
-        g.bench_function(BenchmarkId::from_parameter(format!("{workers}_workers_{policy}")), |b| {
-            b.iter(|| {
-                i += 1;
-                let id = i.to_string();
-                let d = router
-                    .route(&id, black_box(&prompts[i % prompts.len()]), &RouteOptions::default())
-                    .unwrap();
-                router.on_finish(&id).unwrap();
-                d.overlap_blocks
-            })
-        });
+        g.bench_function(
+            BenchmarkId::from_parameter(format!("{workers}_workers_{policy}")),
+            |b| {
+                b.iter(|| {
+                    i += 1;
+                    let id = i.to_string();
+                    let d = router
+                        .route(
+                            &id,
+                            black_box(&prompts[i % prompts.len()]),
+                            &RouteOptions::default(),
+                        )
+                        .unwrap();
+                    router.on_finish(&id).unwrap();
+                    d.overlap_blocks
+                })
+            },
+        );
     }
     g.finish();
 }

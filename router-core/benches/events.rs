@@ -13,13 +13,17 @@ use std::time::Duration;
 
 use common::BLOCK;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use router_core::protocols::{BlockRemoved, BlockStored, KvEvent, KvEventBatch, WireBlockHash, WorkerKey};
+use router_core::protocols::{
+    BlockRemoved, BlockStored, KvEvent, KvEventBatch, WireBlockHash, WorkerKey,
+};
 use router_core::{decode_batch_into, DecodedBatch, PrefixIndex};
 
 fn payloads(blocks: usize) -> (Vec<u8>, Vec<u8>) {
     let mut rng = common::rng();
     let toks = common::tokens(&mut rng, blocks * BLOCK);
-    let engine: Vec<u64> = (0..blocks as u64).map(|i| 0xabc0_0000_0000 + i * 7919).collect();
+    let engine: Vec<u64> = (0..blocks as u64)
+        .map(|i| 0xabc0_0000_0000 + i * 7919)
+        .collect();
     let mut stored = Vec::new();
     for (e, chunk) in engine.chunks(16).enumerate() {
         stored.push(KvEvent::BlockStored(BlockStored {
@@ -48,27 +52,33 @@ fn payloads(blocks: usize) -> (Vec<u8>, Vec<u8>) {
 
 fn bench_events(c: &mut Criterion) {
     let mut g = c.benchmark_group("ingest");
-    for &blocks in &[256usize, 4096] {
+    for &blocks in &[256usize, 1024, 4096] {
         let (stored, removed) = payloads(blocks);
         let mut index = PrefixIndex::new(BLOCK, Duration::from_secs(120));
         common::fill_realistic(&mut index, 1, 30_000);
         let mut batch = DecodedBatch::default();
         g.throughput(Throughput::Elements(2 * blocks as u64));
-        g.bench_function(BenchmarkId::from_parameter(format!("store+remove_{blocks}_blocks")), |b| {
-            b.iter(|| {
-                decode_batch_into(black_box(&stored), &mut batch).unwrap();
-                index.apply_batch(0, &batch).unwrap();
-                decode_batch_into(black_box(&removed), &mut batch).unwrap();
-                index.apply_batch(0, &batch).unwrap();
-            })
-        });
+        g.bench_function(
+            BenchmarkId::from_parameter(format!("store+remove_{blocks}_blocks")),
+            |b| {
+                b.iter(|| {
+                    decode_batch_into(black_box(&stored), &mut batch).unwrap();
+                    index.apply_batch(0, &batch).unwrap();
+                    decode_batch_into(black_box(&removed), &mut batch).unwrap();
+                    index.apply_batch(0, &batch).unwrap();
+                })
+            },
+        );
         assert_eq!(index.worker_len(WorkerKey::new(0, 0)), Some(index.len()));
-        g.bench_function(BenchmarkId::from_parameter(format!("decode_only_{blocks}_blocks")), |b| {
-            b.iter(|| {
-                decode_batch_into(black_box(&stored), &mut batch).unwrap();
-                decode_batch_into(black_box(&removed), &mut batch).unwrap();
-            })
-        });
+        g.bench_function(
+            BenchmarkId::from_parameter(format!("decode_only_{blocks}_blocks")),
+            |b| {
+                b.iter(|| {
+                    decode_batch_into(black_box(&stored), &mut batch).unwrap();
+                    decode_batch_into(black_box(&removed), &mut batch).unwrap();
+                })
+            },
+        );
     }
     g.finish();
 }

@@ -13,16 +13,20 @@ fn bench_hashing(c: &mut Criterion) {
     for &n in &[1024usize, 4096, 16_384, 131_072] {
         let toks = common::tokens(&mut rng, n);
         g.throughput(Throughput::Elements(n as u64));
-        g.bench_with_input(BenchmarkId::from_parameter(format!("{n}_tokens_block16")), &toks, |b, t| {
-            b.iter(|| hash_blocks(black_box(t), 16, 0))
-        });
+        g.bench_with_input(
+            BenchmarkId::from_parameter(format!("{n}_tokens_block16")),
+            &toks,
+            |b, t| b.iter(|| hash_blocks(black_box(t), 16, 0)),
+        );
     }
     let toks = common::tokens(&mut rng, 16_384);
     for &bs in &[32usize, 128] {
         g.throughput(Throughput::Elements(16_384));
-        g.bench_with_input(BenchmarkId::from_parameter(format!("16384_tokens_block{bs}")), &toks, |b, t| {
-            b.iter(|| hash_blocks(black_box(t), bs, 0))
-        });
+        g.bench_with_input(
+            BenchmarkId::from_parameter(format!("16384_tokens_block{bs}")),
+            &toks,
+            |b, t| b.iter(|| hash_blocks(black_box(t), bs, 0)),
+        );
     }
     g.finish();
 }

@@ -23,19 +23,30 @@ fn bench_find_matches(c: &mut Criterion) {
     let mut rng = common::rng();
     let mut scratch = MatchScratch::default();
     let mut out = Vec::new();
-    let mut cases: Vec<(&str, Vec<Vec<router_core::BlockHash>>)> = vec![("mixed", mixed_queries(&w, 512, 1024))];
+    let mut cases: Vec<(&str, Vec<Vec<router_core::BlockHash>>)> =
+        vec![("mixed", mixed_queries(&w, 512, 1024))];
     for (name, kind) in [
         ("continuation", QueryKind::Continuation),
         ("new_conversation", QueryKind::NewConversation),
         ("miss", QueryKind::Miss),
     ] {
-        cases.push((name, (0..256).map(|_| query(&mut rng, &w, kind, 1024)).collect()));
+        cases.push((
+            name,
+            (0..256).map(|_| query(&mut rng, &w, kind, 1024)).collect(),
+        ));
     }
     // Worst case: the longest cached conversation, matched for all its length.
-    let longest = w.conversations.iter().max_by_key(|c| c.tokens.len()).unwrap();
+    let longest = w
+        .conversations
+        .iter()
+        .max_by_key(|c| c.tokens.len())
+        .unwrap();
     let mut toks = longest.tokens.clone();
     toks.resize(1024 * BLOCK, 7);
-    cases.push(("longest_cached", vec![router_core::hash_blocks(&toks, BLOCK, 0)]));
+    cases.push((
+        "longest_cached",
+        vec![router_core::hash_blocks(&toks, BLOCK, 0)],
+    ));
     for (name, qs) in &cases {
         let mut i = 0;
         g.bench_function(BenchmarkId::from_parameter(name), |b| {

@@ -74,10 +74,11 @@ fn main() {
             index_bytes as f64 / entries as f64
         );
         drop((w, w2));
-        if target == 2_000_000 {
-            latency(&index);
-        }
     }
+    let mut index = PrefixIndex::new(BLOCK, Duration::from_secs(120));
+    fill_realistic(&mut index, 64, 2_000_000);
+    latency(&index);
+    drop(index);
     route_latency();
 }
 
@@ -100,7 +101,12 @@ fn latency(index: &PrefixIndex) {
         ("new conversation", QueryKind::NewConversation),
         ("miss", QueryKind::Miss),
     ] {
-        cases.push((name, (0..5_000).map(|_| query(&mut rng, &w, kind, 1024)).collect()));
+        cases.push((
+            name,
+            (0..5_000)
+                .map(|_| query(&mut rng, &w, kind, 1024))
+                .collect(),
+        ));
     }
     for (name, qs) in cases {
         // Warm-up pass, then one timed pass.
@@ -134,7 +140,11 @@ fn route_latency() {
         let prompts: Vec<Vec<u32>> = (0..256)
             .map(|i| {
                 let c = &w.conversations[(i * 7919) % w.conversations.len()];
-                let mut t = if i % 2 == 0 { c.tokens.clone() } else { w.prefixes[c.prefix].clone() };
+                let mut t = if i % 2 == 0 {
+                    c.tokens.clone()
+                } else {
+                    w.prefixes[c.prefix].clone()
+                };
                 t.truncate(1024 * BLOCK);
                 let fresh = 1024 * BLOCK - t.len();
                 t.extend(common::tokens(&mut rng, fresh));
@@ -143,14 +153,20 @@ fn route_latency() {
             .collect();
         for i in 0..(workers as usize * 2) {
             router
-                .route(&format!("bg{i}"), &prompts[i % prompts.len()][..2048], &RouteOptions::default())
+                .route(
+                    &format!("bg{i}"),
+                    &prompts[i % prompts.len()][..2048],
+                    &RouteOptions::default(),
+                )
                 .unwrap();
         }
         let mut times = Vec::new();
         for i in 0..4000 {
             let id = i.to_string();
             let t = Instant::now();
-            router.route(&id, &prompts[i % prompts.len()], &RouteOptions::default()).unwrap();
+            router
+                .route(&id, &prompts[i % prompts.len()], &RouteOptions::default())
+                .unwrap();
             times.push(t.elapsed());
             router.on_finish(&id).unwrap();
         }

@@ -95,7 +95,10 @@ pub fn decode_batch(payload: &[u8]) -> CoreResult<DecodedBatch> {
 /// Decodes one payload into `out` (cleared first). On error `out` holds garbage.
 pub fn decode_batch_into(payload: &[u8], out: &mut DecodedBatch) -> CoreResult<()> {
     out.clear();
-    let mut r = Reader { buf: payload, pos: 0 };
+    let mut r = Reader {
+        buf: payload,
+        pos: 0,
+    };
     let b = r.peek()?;
     if is_array(b) {
         let n = r.array_len()?;
@@ -216,7 +219,9 @@ fn decode_event(r: &mut Reader<'_>, out: &mut DecodedBatch) -> CoreResult<Decode
         f.kind = Some(kind);
         for i in 1..n {
             match (kind, i) {
-                (Kind::Stored | Kind::Removed, 1) => f.hashes = Some(r.hash_array(&mut out.hashes)?),
+                (Kind::Stored | Kind::Removed, 1) => {
+                    f.hashes = Some(r.hash_array(&mut out.hashes)?)
+                }
                 (Kind::Stored, 2) => f.parent = r.opt_hash()?,
                 (Kind::Stored, 3) => f.tokens = Some(r.u32_array(&mut out.tokens)?),
                 (Kind::Stored, 4) => f.block_size = Some(r.u32()?),
@@ -235,12 +240,20 @@ fn decode_event(r: &mut Reader<'_>, out: &mut DecodedBatch) -> CoreResult<Decode
         None => Err(at("event without a \"type\"")),
         Some(Kind::Cleared) => Ok(DecodedEvent::Cleared),
         Some(Kind::Removed) => Ok(DecodedEvent::Removed {
-            hashes: f.hashes.ok_or_else(|| at("BlockRemoved without block_hashes"))?,
+            hashes: f
+                .hashes
+                .ok_or_else(|| at("BlockRemoved without block_hashes"))?,
         }),
         Some(Kind::Stored) => {
-            let hashes = f.hashes.ok_or_else(|| at("BlockStored without block_hashes"))?;
-            let tokens = f.tokens.ok_or_else(|| at("BlockStored without token_ids"))?;
-            let block_size = f.block_size.ok_or_else(|| at("BlockStored without block_size"))?;
+            let hashes = f
+                .hashes
+                .ok_or_else(|| at("BlockStored without block_hashes"))?;
+            let tokens = f
+                .tokens
+                .ok_or_else(|| at("BlockStored without token_ids"))?;
+            let block_size = f
+                .block_size
+                .ok_or_else(|| at("BlockStored without block_size"))?;
             if block_size == 0 {
                 return Err(at("BlockStored with block_size 0"));
             }
@@ -509,41 +522,41 @@ impl<'a> Reader<'a> {
         Ok(start..out.len())
     }
 
-    /// The hot loop of ingest: token ids are mostly 3- or 5-byte uints, decoded with
-    /// one bounds check per element and no allocation beyond the flat output.
+    /// The hot loop of ingest. Token ids of a real vocabulary are a random mix of 3-byte
+    /// (`0xcd`, < 65536) and 5-byte (`0xce`) uints, so branching on the width would
+    /// mispredict half the time: instead every `0xcc..=0xce` int is read as 4 big-endian
+    /// bytes and shifted down by its width (one well-predicted branch per token). The
+    /// last few tokens of a payload, fixints and anything unusual take the general path.
     fn u32_array(&mut self, out: &mut Vec<u32>) -> CoreResult<Range<usize>> {
         let n = self.array_len()?;
         self.ensure_items(n)?;
         let start = out.len();
-        out.reserve(n);
+        out.resize(start + n, 0);
         let buf = self.buf;
         let mut pos = self.pos;
-        for _ in 0..n {
+        for slot in out[start..].iter_mut() {
             let Some(&b) = buf.get(pos) else {
                 self.pos = pos;
                 return Err(self.err("truncated payload"));
             };
-            let (v, w) = match b {
-                0x00..=0x7f => (b as u32, 1),
-                0xcd if pos + 3 <= buf.len() => {
-                    (u16::from_be_bytes([buf[pos + 1], buf[pos + 2]]) as u32, 3)
-                }
-                0xce if pos + 5 <= buf.len() => (
-                    u32::from_be_bytes([buf[pos + 1], buf[pos + 2], buf[pos + 3], buf[pos + 4]]),
-                    5,
-                ),
-                0xcc if pos + 2 <= buf.len() => (buf[pos + 1] as u32, 2),
-                _ => {
-                    // Rare widths (u64 / signed encodings of small values) and errors.
-                    self.pos = pos;
-                    let v = self.u32().map_err(|_| self.err("token ids must be u32 ints"))?;
-                    out.push(v);
-                    pos = self.pos;
-                    continue;
-                }
-            };
-            out.push(v);
-            pos += w;
+            let width = b.wrapping_sub(0xcc);
+            if width < 3 && pos + 5 <= buf.len() {
+                let size = 1usize << width; // 1, 2 or 4 bytes
+                let raw =
+                    u32::from_be_bytes([buf[pos + 1], buf[pos + 2], buf[pos + 3], buf[pos + 4]]);
+                *slot = raw >> (32 - 8 * size as u32);
+                pos += 1 + size;
+            } else if b < 0x80 {
+                *slot = b as u32;
+                pos += 1;
+            } else {
+                // u64 / signed encodings of small values, the payload's tail, and errors.
+                self.pos = pos;
+                *slot = self
+                    .u32()
+                    .map_err(|_| self.err("token ids must be u32 ints"))?;
+                pos = self.pos;
+            }
         }
         self.pos = pos;
         Ok(start..out.len())
@@ -625,7 +638,14 @@ mod tests {
     }
 
     /// `hashes` / `tokens` are pre-encoded elements; `n` counts (blocks, tokens).
-    fn stored_enc(out: &mut Vec<u8>, hashes: &[u8], parent: Option<u8>, tokens: &[u8], bs: u8, n: (u8, u8)) {
+    fn stored_enc(
+        out: &mut Vec<u8>,
+        hashes: &[u8],
+        parent: Option<u8>,
+        tokens: &[u8],
+        bs: u8,
+        n: (u8, u8),
+    ) {
         out.push(map(7));
         s(out, "type");
         s(out, "BlockStored");
@@ -689,6 +709,34 @@ mod tests {
     }
 
     #[test]
+    fn every_int_width_decodes_in_token_arrays() {
+        let want: [u32; 8] = [5, 200, 60_000, 151_000, 4_000_000_000, 127, 65_535, 7];
+        let mut p = vec![arr(2), 0x00, arr(1), map(4)];
+        s(&mut p, "type");
+        s(&mut p, "BlockStored");
+        s(&mut p, "block_hashes");
+        p.extend_from_slice(&[arr(1), 1]);
+        s(&mut p, "block_size");
+        p.push(8);
+        s(&mut p, "token_ids");
+        p.push(arr(8));
+        p.push(5);
+        p.extend_from_slice(&[0xcc, 200]);
+        p.push(0xcd);
+        p.extend_from_slice(&60_000u16.to_be_bytes());
+        p.push(0xce);
+        p.extend_from_slice(&151_000u32.to_be_bytes());
+        p.push(0xcf); // a u64 encoding of a u32 value
+        p.extend_from_slice(&4_000_000_000u64.to_be_bytes());
+        p.push(0xd0); // an int8 encoding of a positive value
+        p.push(127);
+        p.push(0xcd);
+        p.extend_from_slice(&65_535u16.to_be_bytes());
+        p.extend_from_slice(&[0xcc, 7]); // at the very end: the general path
+        assert_eq!(decode_batch(&p).unwrap().tokens, want);
+    }
+
+    #[test]
     fn decodes_the_older_array_forms() {
         // [ts, [["BlockStored", [7], 3, [1, 2], 2, nil]]] without the dp rank.
         let mut p = vec![arr(2), 0x00, arr(1), arr(6)];
@@ -709,7 +757,14 @@ mod tests {
     #[test]
     fn every_truncation_is_an_error_not_a_panic() {
         let mut p = vec![arr(3), 0x01, arr(1)];
-        stored_enc(&mut p, &[0xcd, 1, 2], Some(9), &[0xce, 0, 1, 0, 0, 0xcd, 0, 5], 2, (1, 2));
+        stored_enc(
+            &mut p,
+            &[0xcd, 1, 2],
+            Some(9),
+            &[0xce, 0, 1, 0, 0, 0xcd, 0, 5],
+            2,
+            (1, 2),
+        );
         p.push(0xc0);
         assert!(decode_batch(&p).is_ok());
         for cut in 0..p.len() {
@@ -723,11 +778,11 @@ mod tests {
     #[test]
     fn rejects_wrong_types_and_lengths() {
         for bad in [
-            vec![0x01],                         // not a container
-            vec![arr(2), 0x01, 0x02],           // events not an array
-            vec![arr(2), 0x01, arr(1), 0x05],   // event not a map
-            vec![arr(1), 0x01],                 // too short
-            vec![arr(2), 0xa1, b'x', arr(0)],   // ts not a number
+            vec![0x01],                                       // not a container
+            vec![arr(2), 0x01, 0x02],                         // events not an array
+            vec![arr(2), 0x01, arr(1), 0x05],                 // event not a map
+            vec![arr(1), 0x01],                               // too short
+            vec![arr(2), 0xa1, b'x', arr(0)],                 // ts not a number
             vec![arr(2), 0x01, 0xdd, 0xff, 0xff, 0xff, 0xff], // huge claimed length
         ] {
             assert!(decode_batch(&bad).is_err(), "{bad:?}");
@@ -741,7 +796,10 @@ mod tests {
         let mut p = vec![arr(2), 0x01, arr(1), map(1)];
         s(&mut p, "type");
         s(&mut p, "BlockUpdated");
-        assert!(decode_batch(&p).unwrap_err().to_string().contains("BlockUpdated"));
+        assert!(decode_batch(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("BlockUpdated"));
         // Negative token id.
         let mut p = vec![arr(2), 0x01, arr(1)];
         stored_map(&mut p, &[1], None, &[0xff], 1);
@@ -756,7 +814,10 @@ mod tests {
         s(&mut p, "junk");
         p.extend(std::iter::repeat_n(arr(1), 100_000));
         p.push(0xc0);
-        assert_eq!(decode_batch(&p).unwrap().events, vec![DecodedEvent::Cleared]);
+        assert_eq!(
+            decode_batch(&p).unwrap().events,
+            vec![DecodedEvent::Cleared]
+        );
     }
 
     #[test]

@@ -74,7 +74,11 @@ pub fn hash_blocks_into(
     out: &mut Vec<BlockHash>,
 ) {
     assert!(block_size > 0, "block_size must be positive");
-    out.reserve(tokens.len() / block_size);
+    let n = tokens.len() / block_size;
+    if n == 0 {
+        return; // (and no scratch sized by an arbitrary block_size)
+    }
+    out.reserve(n);
     let mut buf = vec![0u8; 8 + 4 * block_size];
     let mut prev = parent;
     for block in tokens.chunks_exact(block_size) {
@@ -122,7 +126,10 @@ mod tests {
             buf.extend_from_slice(&t.to_le_bytes());
         }
         let h1 = xxh3_64_with_seed(&buf, 7);
-        assert_eq!(hash_blocks(&toks, 16, 7), vec![BlockHash(h0), BlockHash(h1)]);
+        assert_eq!(
+            hash_blocks(&toks, 16, 7),
+            vec![BlockHash(h0), BlockHash(h1)]
+        );
     }
 
     #[test]

@@ -29,6 +29,11 @@ use crate::index::{EventsSummary, MatchScratch, PrefixIndex};
 use crate::protocols::{BlockHash, CoreError, CoreResult, WorkerKey};
 use crate::scoreboard::{BookingRequest, Load, Scoreboard};
 
+/// Largest accepted block size (engines use 16 to 256 tokens).
+pub const MAX_BLOCK_SIZE: usize = 1 << 16;
+/// Longest accepted lifetime of predicted entries (deadlines must not overflow `Instant`).
+pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Construction parameters (see `Core.__init__` in the stub for their meaning).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouterConfig {
@@ -121,11 +126,17 @@ pub struct Router {
 
 impl Router {
     pub fn new(cfg: &RouterConfig) -> CoreResult<Self> {
-        if cfg.block_size == 0 {
-            return Err(CoreError::InvalidArgument("block_size must be positive".into()));
+        if !(1..=MAX_BLOCK_SIZE).contains(&cfg.block_size) {
+            return Err(CoreError::InvalidArgument(format!(
+                "block_size must be in 1..={MAX_BLOCK_SIZE}, got {}",
+                cfg.block_size
+            )));
         }
-        if !(cfg.approx_ttl > Duration::ZERO) {
-            return Err(CoreError::InvalidArgument("approx_ttl must be positive".into()));
+        if cfg.approx_ttl.is_zero() || cfg.approx_ttl > MAX_TTL {
+            return Err(CoreError::InvalidArgument(format!(
+                "approx_ttl must be positive and at most {} s",
+                MAX_TTL.as_secs()
+            )));
         }
         let policy = make_policy(
             &cfg.policy,
@@ -181,7 +192,10 @@ impl Router {
             .filter(|k| k.worker_id == worker_id && dp_rank.is_none_or(|r| r == k.dp_rank))
             .collect();
         if keys.is_empty() {
-            return Err(CoreError::UnknownWorker(WorkerKey::new(worker_id, dp_rank.unwrap_or(0))));
+            return Err(CoreError::UnknownWorker(WorkerKey::new(
+                worker_id,
+                dp_rank.unwrap_or(0),
+            )));
         }
         Ok(keys)
     }
@@ -207,7 +221,12 @@ impl Router {
     }
 
     /// Switches between event-driven and predicted entries (clearing on a change).
-    pub fn set_approximate(&self, worker_id: u64, approximate: bool, dp_rank: Option<u32>) -> CoreResult<()> {
+    pub fn set_approximate(
+        &self,
+        worker_id: u64,
+        approximate: bool,
+        dp_rank: Option<u32>,
+    ) -> CoreResult<()> {
         let mut g = self.inner.lock();
         for k in Self::select_keys(&g, worker_id, dp_rank)? {
             g.index.set_approximate(k, approximate)?;
@@ -236,7 +255,12 @@ impl Router {
     }
 
     /// Hash, match, score, choose and book one request.
-    pub fn route(&self, request_id: &str, tokens: &[u32], opts: &RouteOptions<'_>) -> CoreResult<RouteDecision> {
+    pub fn route(
+        &self,
+        request_id: &str,
+        tokens: &[u32],
+        opts: &RouteOptions<'_>,
+    ) -> CoreResult<RouteDecision> {
         let hashes = hash_blocks(tokens, self.block_size, opts.salt);
         self.route_hashed(request_id, tokens.len(), &hashes, opts)
     }
@@ -402,10 +426,20 @@ mod tests {
         assert_eq!(d2.worker, d1.worker);
         assert_eq!(d2.overlap_blocks, 15);
         assert_eq!(d2.prefill_tokens, 0);
-        assert!(r.route("b", &toks, &RouteOptions::default()).is_err(), "duplicate id");
+        assert!(
+            r.route("b", &toks, &RouteOptions::default()).is_err(),
+            "duplicate id"
+        );
         let ex = [d1.worker];
         let d3 = r
-            .route("c", &toks, &RouteOptions { exclude: &ex, ..Default::default() })
+            .route(
+                "c",
+                &toks,
+                &RouteOptions {
+                    exclude: &ex,
+                    ..Default::default()
+                },
+            )
             .unwrap();
         assert_ne!(d3.worker, d1.worker);
         assert_eq!(d3.best_overlap_blocks, 0);
@@ -422,7 +456,9 @@ mod tests {
         let r = router("round_robin");
         r.add_worker(WorkerKey::new(1, 0), false);
         r.add_worker(WorkerKey::new(1, 1), false);
-        let d = r.route("a", &[1, 2, 3, 4], &RouteOptions::default()).unwrap();
+        let d = r
+            .route("a", &[1, 2, 3, 4], &RouteOptions::default())
+            .unwrap();
         r.remove_worker(1, None).unwrap();
         assert!(matches!(
             r.route("b", &[1], &RouteOptions::default()),

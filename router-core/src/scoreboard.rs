@@ -200,7 +200,10 @@ impl Scoreboard {
             }
         }
         row.active_blocks -= b.blocks;
-        let live = self.live.get_mut(&b.worker).expect("live count of a booking");
+        let live = self
+            .live
+            .get_mut(&b.worker)
+            .expect("live count of a booking");
         *live -= 1;
         if *live == 0 {
             self.live.remove(&b.worker);
@@ -234,12 +237,20 @@ mod tests {
         let mut s = Scoreboard::new(16);
         book(&mut s, "a", 40, 24);
         let l = s.load(W);
-        assert_eq!((l.prefill_tokens, l.prefill_requests, l.active_blocks), (24, 1, 3));
+        assert_eq!(
+            (l.prefill_tokens, l.prefill_requests, l.active_blocks),
+            (24, 1, 3)
+        );
         s.on_first_token("a").unwrap();
         s.on_tokens("a", 9).unwrap();
         let l = s.load(W);
         assert_eq!(
-            (l.prefill_tokens, l.decode_tokens, l.decode_requests, l.active_blocks),
+            (
+                l.prefill_tokens,
+                l.decode_tokens,
+                l.decode_requests,
+                l.active_blocks
+            ),
             (0, 49, 1, 4)
         );
         assert_eq!(l.in_flight_tokens(), 49);
@@ -254,9 +265,18 @@ mod tests {
     #[test]
     fn errors_not_panics() {
         let mut s = Scoreboard::new(16);
-        assert!(matches!(s.on_finish("x"), Err(CoreError::UnknownRequest(_))));
-        assert!(matches!(s.on_first_token("x"), Err(CoreError::UnknownRequest(_))));
-        assert!(matches!(s.on_tokens("x", 1), Err(CoreError::UnknownRequest(_))));
+        assert!(matches!(
+            s.on_finish("x"),
+            Err(CoreError::UnknownRequest(_))
+        ));
+        assert!(matches!(
+            s.on_first_token("x"),
+            Err(CoreError::UnknownRequest(_))
+        ));
+        assert!(matches!(
+            s.on_tokens("x", 1),
+            Err(CoreError::UnknownRequest(_))
+        ));
         book(&mut s, "a", 10, 10);
         assert!(matches!(
             s.book(

@@ -33,14 +33,35 @@ fn engine_hash(worker: u64, prefix: &[u32], variant: u8) -> u64 {
 enum Op {
     /// Store blocks `start..start+n` of `seq`; the parent is block `start-1`'s engine hash,
     /// or a random unknown hash when `unknown_parent`.
-    Store { w: u64, seq: Vec<u32>, start: usize, n: usize, unknown_parent: bool, variant: u8 },
+    Store {
+        w: u64,
+        seq: Vec<u32>,
+        start: usize,
+        n: usize,
+        unknown_parent: bool,
+        variant: u8,
+    },
     /// Remove block `idx` of `seq` (any order relative to its children).
-    Remove { w: u64, seq: Vec<u32>, idx: usize, variant: u8 },
-    RemoveUnknown { w: u64, hash: u64 },
-    Clear { w: u64 },
+    Remove {
+        w: u64,
+        seq: Vec<u32>,
+        idx: usize,
+        variant: u8,
+    },
+    RemoveUnknown {
+        w: u64,
+        hash: u64,
+    },
+    Clear {
+        w: u64,
+    },
     /// Remove the worker and register it again (fresh state, maybe a reused slot).
-    Readd { w: u64 },
-    Query { seq: Vec<u32> },
+    Readd {
+        w: u64,
+    },
+    Query {
+        seq: Vec<u32>,
+    },
 }
 
 fn seq() -> impl Strategy<Value = Vec<u32>> {
@@ -68,10 +89,13 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// Per worker: engine hash → (token prefix if known, copies).
+/// One worker's blocks: engine hash → (token prefix if known, copies).
+type Blocks = HashMap<u64, (Option<Vec<u32>>, u32)>;
+
+/// Per worker, its blocks.
 #[derive(Default, Clone)]
 struct Model {
-    workers: HashMap<u64, HashMap<u64, (Option<Vec<u32>>, u32)>>,
+    workers: HashMap<u64, Blocks>,
 }
 
 impl Model {
@@ -79,13 +103,10 @@ impl Model {
         let blocks = self.workers.entry(w).or_default();
         let prefix = match parent {
             None => Some(tokens.to_vec()),
-            Some(p) => blocks
-                .get(&p)
-                .and_then(|(pp, _)| pp.clone())
-                .map(|mut pp| {
-                    pp.extend_from_slice(tokens);
-                    pp
-                }),
+            Some(p) => blocks.get(&p).and_then(|(pp, _)| pp.clone()).map(|mut pp| {
+                pp.extend_from_slice(tokens);
+                pp
+            }),
         };
         match blocks.get_mut(&e) {
             Some((known, copies)) => {
@@ -145,7 +166,14 @@ fn run(ops: Vec<Op>, final_queries: Vec<Vec<u32>>) -> Result<(), TestCaseError> 
     }
     for op in ops {
         match op {
-            Op::Store { w, seq, start, n, unknown_parent, variant } => {
+            Op::Store {
+                w,
+                seq,
+                start,
+                n,
+                unknown_parent,
+                variant,
+            } => {
                 let parent = if unknown_parent {
                     Some(engine_hash(w, &seq[..start * BS], 99) ^ 0x5555)
                 } else if start == 0 {
@@ -171,22 +199,35 @@ fn run(ops: Vec<Op>, final_queries: Vec<Vec<u32>>) -> Result<(), TestCaseError> 
                 };
                 index.apply_batch(w, &batch(ev, hashes, tokens)).unwrap();
             }
-            Op::Remove { w, seq, idx, variant } => {
+            Op::Remove {
+                w,
+                seq,
+                idx,
+                variant,
+            } => {
                 let e = engine_hash(w, &seq[..(idx + 1) * BS], variant);
                 model.remove(w, e);
                 index
-                    .apply_batch(w, &batch(DecodedEvent::Removed { hashes: 0..1 }, vec![e], vec![]))
+                    .apply_batch(
+                        w,
+                        &batch(DecodedEvent::Removed { hashes: 0..1 }, vec![e], vec![]),
+                    )
                     .unwrap();
             }
             Op::RemoveUnknown { w, hash } => {
                 model.remove(w, hash);
                 index
-                    .apply_batch(w, &batch(DecodedEvent::Removed { hashes: 0..1 }, vec![hash], vec![]))
+                    .apply_batch(
+                        w,
+                        &batch(DecodedEvent::Removed { hashes: 0..1 }, vec![hash], vec![]),
+                    )
                     .unwrap();
             }
             Op::Clear { w } => {
                 model.workers.remove(&w);
-                index.apply_batch(w, &batch(DecodedEvent::Cleared, vec![], vec![])).unwrap();
+                index
+                    .apply_batch(w, &batch(DecodedEvent::Cleared, vec![], vec![]))
+                    .unwrap();
             }
             Op::Readd { w } => {
                 model.workers.remove(&w);
@@ -194,13 +235,19 @@ fn run(ops: Vec<Op>, final_queries: Vec<Vec<u32>>) -> Result<(), TestCaseError> 
                 index.add_worker(WorkerKey::new(w, 0), false);
             }
             Op::Query { seq } => {
-                prop_assert_eq!(index.find_matches(&hash_blocks(&seq, BS, 0)), model.matches(&seq));
+                prop_assert_eq!(
+                    index.find_matches(&hash_blocks(&seq, BS, 0)),
+                    model.matches(&seq)
+                );
             }
         }
         index.check_invariants();
     }
     for q in final_queries {
-        prop_assert_eq!(index.find_matches(&hash_blocks(&q, BS, 0)), model.matches(&q));
+        prop_assert_eq!(
+            index.find_matches(&hash_blocks(&q, BS, 0)),
+            model.matches(&q)
+        );
     }
     // Entry count: distinct known prefixes per worker.
     let want: usize = model
@@ -242,12 +289,17 @@ fn exhaustive_store_then_remove_child_first() {
             continue;
         }
         for code in 0..3u32.pow(n as u32) {
-            seqs.push((0..n).map(|i| (code / 3u32.pow(i as u32)) % 3).collect::<Vec<u32>>());
+            seqs.push(
+                (0..n)
+                    .map(|i| (code / 3u32.pow(i as u32)) % 3)
+                    .collect::<Vec<u32>>(),
+            );
         }
     }
     for s in &seqs {
         let blocks = s.len() / BS;
-        let parent = (blocks > 1).then(|| EngineBlockHash(engine_hash(0, &s[..(blocks - 1) * BS], 0)));
+        let parent =
+            (blocks > 1).then(|| EngineBlockHash(engine_hash(0, &s[..(blocks - 1) * BS], 0)));
         let e = engine_hash(0, s, 0);
         let ev = DecodedEvent::Stored {
             hashes: 0..1,
@@ -256,13 +308,18 @@ fn exhaustive_store_then_remove_child_first() {
             block_size: BS as u32,
             salt: 0,
         };
-        index.apply_batch(0, &batch(ev, vec![e], s[(blocks - 1) * BS..].to_vec())).unwrap();
+        index
+            .apply_batch(0, &batch(ev, vec![e], s[(blocks - 1) * BS..].to_vec()))
+            .unwrap();
     }
     assert_eq!(index.len(), 9 + 81 + 729);
     for s in seqs.iter().rev() {
         let e = engine_hash(0, s, 0);
         index
-            .apply_batch(0, &batch(DecodedEvent::Removed { hashes: 0..1 }, vec![e], vec![]))
+            .apply_batch(
+                0,
+                &batch(DecodedEvent::Removed { hashes: 0..1 }, vec![e], vec![]),
+            )
             .unwrap();
     }
     assert_eq!(index.len(), 0);

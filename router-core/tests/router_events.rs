@@ -65,23 +65,49 @@ fn events_steer_routing_and_removal_is_seen() {
     }
     let prompt: Vec<u32> = (0..BS as u32 * 40 + 5).collect();
     // Worker 2 caches the first 30 blocks, in two batches (the second chained by parent).
-    r.apply_events(2, &payload(vec![stored(&(100..120).collect::<Vec<_>>(), None, &prompt[..20 * BS])], 0))
-        .unwrap();
     r.apply_events(
         2,
-        &payload(vec![stored(&(120..130).collect::<Vec<_>>(), Some(119), &prompt[20 * BS..30 * BS])], 0),
+        &payload(
+            vec![stored(
+                &(100..120).collect::<Vec<_>>(),
+                None,
+                &prompt[..20 * BS],
+            )],
+            0,
+        ),
+    )
+    .unwrap();
+    r.apply_events(
+        2,
+        &payload(
+            vec![stored(
+                &(120..130).collect::<Vec<_>>(),
+                Some(119),
+                &prompt[20 * BS..30 * BS],
+            )],
+            0,
+        ),
     )
     .unwrap();
     let hashes = hash_blocks(&prompt, BS, 0);
     assert_eq!(r.find_matches(&hashes), vec![(WorkerKey::new(2, 0), 30)]);
     let d = r.route("a", &prompt, &RouteOptions::default()).unwrap();
-    assert_eq!((d.worker, d.overlap_blocks, d.best_overlap_blocks), (WorkerKey::new(2, 0), 30, 30));
+    assert_eq!(
+        (d.worker, d.overlap_blocks, d.best_overlap_blocks),
+        (WorkerKey::new(2, 0), 30, 30)
+    );
     assert_eq!(d.prompt_blocks, 40);
     assert_eq!(d.prefill_tokens, (10 * BS + 5) as u64);
     // Evict block 10 (and so break the chain there): the overlap drops to 10.
     r.apply_events(
         2,
-        &payload(vec![KvEvent::BlockRemoved(BlockRemoved { block_hashes: vec![WireBlockHash::Int(110)], medium: None })], 0),
+        &payload(
+            vec![KvEvent::BlockRemoved(BlockRemoved {
+                block_hashes: vec![WireBlockHash::Int(110)],
+                medium: None,
+            })],
+            0,
+        ),
     )
     .unwrap();
     assert_eq!(r.find_matches(&hashes), vec![(WorkerKey::new(2, 0), 10)]);
@@ -105,7 +131,8 @@ fn router_is_shareable_across_threads() {
             let (r, prompt) = (r.clone(), &prompt);
             s.spawn(move || {
                 for i in 0..250 {
-                    r.route(&format!("{t}-{i}"), prompt, &RouteOptions::default()).unwrap();
+                    r.route(&format!("{t}-{i}"), prompt, &RouteOptions::default())
+                        .unwrap();
                 }
             });
         }
@@ -113,5 +140,8 @@ fn router_is_shareable_across_threads() {
     assert_eq!(r.num_requests(), 1000);
     assert_eq!(r.in_flight_tokens(), 1000 * 1024);
     let rows = r.loads();
-    assert_eq!(rows.iter().map(|w| w.load.prefill_requests).sum::<u32>(), 1000);
+    assert_eq!(
+        rows.iter().map(|w| w.load.prefill_requests).sum::<u32>(),
+        1000
+    );
 }

@@ -301,6 +301,12 @@ def test_wrong_argument_types(core: Core) -> None:
         Core(0)
     with pytest.raises(CoreError):
         Core(16, temperature=-1.0)
+    for ttl in (0.0, -1.0, float("nan"), float("inf"), 1e30):
+        with pytest.raises(CoreError):
+            Core(16, approx_ttl_secs=ttl)
+    with pytest.raises(CoreError):
+        Core(2**40)
+    assert hash_blocks([1, 2, 3], 2**40) == []
     assert core.num_requests() == 0
 
 

@@ -42,10 +42,10 @@ pub struct Workload {
     pub conversations: Vec<Conversation>,
 }
 
-/// Stores `tokens[start..]` (whole blocks) on `worker` as one BlockStored event whose
+/// Stores `tokens[start..]` (whole blocks) as one BlockStored event whose
 /// parent is the engine hash of block `start - 1`. Engine hashes are a per-worker
 /// function of the block's prefix position and identity, like a seeded engine hash.
-pub fn stored_batch(worker: u64, engine: &[u64], tokens: &[u32], start: usize) -> DecodedBatch {
+pub fn stored_batch(engine: &[u64], tokens: &[u32], start: usize) -> DecodedBatch {
     let n = engine.len() - start;
     DecodedBatch {
         ts: 0.0,
@@ -55,9 +55,12 @@ pub fn stored_batch(worker: u64, engine: &[u64], tokens: &[u32], start: usize) -
             parent: (start > 0).then(|| EngineBlockHash(engine[start - 1])),
             tokens: 0..n * BLOCK,
             block_size: BLOCK as u32,
-            salt: worker & 0, // base model
+            salt: 0, // base model, no LoRA
         }],
-        hashes: engine[start..].iter().map(|&h| EngineBlockHash(h)).collect(),
+        hashes: engine[start..]
+            .iter()
+            .map(|&h| EngineBlockHash(h))
+            .collect(),
         tokens: tokens[start * BLOCK..engine.len() * BLOCK].to_vec(),
     }
 }
@@ -97,12 +100,25 @@ pub fn fill_realistic(index: &mut PrefixIndex, workers: u64, target_entries: usi
             let router = router_core::hash_blocks(&toks, BLOCK, 0);
             let engine = engine_hashes(w, &router);
             // A prefix already cached on this worker is a hit: only the tail is stored.
-            let start = if held_prefixes.insert(p) { 0 } else { prefixes[p].len() / BLOCK };
-            index.apply_batch(w, &stored_batch(w, &engine, &toks, start)).unwrap();
-            conversations.push(Conversation { worker: w, tokens: toks, prefix: p });
+            let start = if held_prefixes.insert(p) {
+                0
+            } else {
+                prefixes[p].len() / BLOCK
+            };
+            index
+                .apply_batch(w, &stored_batch(&engine, &toks, start))
+                .unwrap();
+            conversations.push(Conversation {
+                worker: w,
+                tokens: toks,
+                prefix: p,
+            });
         }
     }
-    Workload { prefixes, conversations }
+    Workload {
+        prefixes,
+        conversations,
+    }
 }
 
 /// One 1,024-block query of a given kind, as router hashes.
@@ -118,9 +134,9 @@ pub enum QueryKind {
 
 pub fn query(rng: &mut StdRng, w: &Workload, kind: QueryKind, blocks: usize) -> Vec<BlockHash> {
     let mut toks = match kind {
-        QueryKind::Continuation => {
-            w.conversations[rng.random_range(0..w.conversations.len())].tokens.clone()
-        }
+        QueryKind::Continuation => w.conversations[rng.random_range(0..w.conversations.len())]
+            .tokens
+            .clone(),
         QueryKind::NewConversation => {
             let u: f64 = rng.random();
             w.prefixes[((u * u * u) * w.prefixes.len() as f64) as usize].clone()
@@ -175,7 +191,7 @@ pub fn router_with(workers: u64, policy: &str) -> (Router, Workload) {
             w.prefixes[c.prefix].len() / BLOCK
         };
         router
-            .apply_decoded(c.worker, &stored_batch(c.worker, &engine, &c.tokens, start))
+            .apply_decoded(c.worker, &stored_batch(&engine, &c.tokens, start))
             .unwrap();
     }
     (router, w)

@@ -99,7 +99,12 @@ impl Policy for KvAware {
         "kv_aware"
     }
 
-    fn select(&mut self, req: &RequestShape, candidates: &[Candidate], rng: &mut StdRng) -> Selection {
+    fn select(
+        &mut self,
+        req: &RequestShape,
+        candidates: &[Candidate],
+        rng: &mut StdRng,
+    ) -> Selection {
         let mut costs = std::mem::take(&mut self.costs);
         costs.clear();
         costs.extend(candidates.iter().map(|c| self.cost(req, c)));
@@ -171,10 +176,16 @@ mod tests {
     #[test]
     fn temperature_samples_and_is_seedable() {
         let mut p = KvAware::new(1.0, 1.0).unwrap();
-        let c = [cand(1, 0, 0, 0, 0), cand(2, 10, 0, 0, 0), cand(3, 0, 0, 0, 30)];
+        let c = [
+            cand(1, 0, 0, 0, 0),
+            cand(2, 10, 0, 0, 0),
+            cand(3, 0, 0, 0, 30),
+        ];
         let run = |p: &mut KvAware, seed| {
             let mut rng = StdRng::seed_from_u64(seed);
-            (0..200).map(|_| p.select(&shape(256), &c, &mut rng).index).collect::<Vec<_>>()
+            (0..200)
+                .map(|_| p.select(&shape(256), &c, &mut rng).index)
+                .collect::<Vec<_>>()
         };
         let a = run(&mut p, 7);
         assert_eq!(a, run(&mut p, 7));
@@ -183,7 +194,10 @@ mod tests {
             counts[*i] += 1;
         }
         // The cheapest wins most often, but not always.
-        assert!(counts[1] > counts[0] && counts[0] > 0 && counts[1] < 200, "{counts:?}");
+        assert!(
+            counts[1] > counts[0] && counts[0] > 0 && counts[1] < 200,
+            "{counts:?}"
+        );
         assert!(KvAware::new(-1.0, 0.0).is_err());
         assert!(KvAware::new(1.0, f64::NAN).is_err());
     }

@@ -14,7 +14,12 @@ impl Policy for LeastTokens {
         "least_tokens"
     }
 
-    fn select(&mut self, _req: &RequestShape, candidates: &[Candidate], rng: &mut StdRng) -> Selection {
+    fn select(
+        &mut self,
+        _req: &RequestShape,
+        candidates: &[Candidate],
+        rng: &mut StdRng,
+    ) -> Selection {
         let index = argmin_random_ties(
             candidates.len(),
             |i| candidates[i].load.in_flight_tokens(),
@@ -36,7 +41,11 @@ mod tests {
     #[test]
     fn picks_the_least_loaded() {
         let mut rng = StdRng::seed_from_u64(0);
-        let c = [cand(1, 9, 100, 0, 0), cand(2, 0, 10, 20, 0), cand(3, 0, 0, 50, 0)];
+        let c = [
+            cand(1, 9, 100, 0, 0),
+            cand(2, 0, 10, 20, 0),
+            cand(3, 0, 0, 50, 0),
+        ];
         assert_eq!(LeastTokens.select(&shape(1), &c, &mut rng).index, 1);
     }
 }

@@ -32,7 +32,13 @@ use crate::protocols::{CoreError, CoreResult, WorkerKey};
 use crate::scoreboard::Load;
 
 /// Names accepted by [`make_policy`], in documentation order.
-pub const POLICIES: &[&str] = &["kv_aware", "round_robin", "random", "least_tokens", "power_of_two"];
+pub const POLICIES: &[&str] = &[
+    "kv_aware",
+    "round_robin",
+    "random",
+    "least_tokens",
+    "power_of_two",
+];
 
 /// One eligible worker as a policy sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +96,12 @@ impl Default for PolicyConfig {
 pub trait Policy: Send {
     /// Config name, also the metrics label.
     fn name(&self) -> &'static str;
-    fn select(&mut self, req: &RequestShape, candidates: &[Candidate], rng: &mut StdRng) -> Selection;
+    fn select(
+        &mut self,
+        req: &RequestShape,
+        candidates: &[Candidate],
+        rng: &mut StdRng,
+    ) -> Selection;
 }
 
 /// Builds a policy from its config name.
@@ -171,7 +182,10 @@ mod tests {
     #[test]
     fn factory_knows_every_name() {
         for name in POLICIES {
-            assert_eq!(make_policy(name, &PolicyConfig::default()).unwrap().name(), *name);
+            assert_eq!(
+                make_policy(name, &PolicyConfig::default()).unwrap().name(),
+                *name
+            );
         }
         assert!(make_policy("nope", &PolicyConfig::default()).is_err());
     }

@@ -15,7 +15,12 @@ impl Policy for PowerOfTwo {
         "power_of_two"
     }
 
-    fn select(&mut self, _req: &RequestShape, candidates: &[Candidate], rng: &mut StdRng) -> Selection {
+    fn select(
+        &mut self,
+        _req: &RequestShape,
+        candidates: &[Candidate],
+        rng: &mut StdRng,
+    ) -> Selection {
         let n = candidates.len();
         let index = if n == 1 {
             0

@@ -14,7 +14,12 @@ impl Policy for Random {
         "random"
     }
 
-    fn select(&mut self, _req: &RequestShape, candidates: &[Candidate], rng: &mut StdRng) -> Selection {
+    fn select(
+        &mut self,
+        _req: &RequestShape,
+        candidates: &[Candidate],
+        rng: &mut StdRng,
+    ) -> Selection {
         Selection {
             index: rng.random_range(0..candidates.len()),
             cost: CostBreakdown::default(),
@@ -33,7 +38,9 @@ mod tests {
         let c: Vec<_> = (0..8).map(|i| cand(i, 0, 0, 0, 0)).collect();
         let run = |seed| {
             let mut rng = StdRng::seed_from_u64(seed);
-            (0..16).map(|_| Random.select(&shape(1), &c, &mut rng).index).collect::<Vec<_>>()
+            (0..16)
+                .map(|_| Random.select(&shape(1), &c, &mut rng).index)
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(3), run(3));
         assert_ne!(run(3), run(4));

