@@ -14,8 +14,9 @@ grow with each decoding sequence's context (memory-bound).
 Profiles are a plain table so they can be recalibrated from measurements:
 `python -m bisllm_workers.mocker.calibrate URL` measures a running OpenAI server (vLLM or any
 other) and prints a fitted `TimingProfile(...)` to paste here. Every number says where it comes
-from. GPU profiles are *estimates* (roofline arithmetic with stated efficiencies, cross-checked
-against published vLLM benchmarks' orders of magnitude), not our own GPU measurements yet.
+from. h100-llama3-8b is our own H100 measurement (bench/gpu_step_times.py, plain PyTorch);
+h100-llama3-70b-tp4 is still an *estimate* (roofline arithmetic with stated efficiencies,
+cross-checked against published vLLM benchmarks' orders of magnitude).
 
 Roofline inputs used below (NVIDIA H100 SXM5 datasheet): 3.35 TB/s HBM3, 989 TFLOPS dense BF16.
 Llama-3-8B: 8.0e9 params (16 GB BF16), 32 layers x 8 KV heads x 128 dims → K+V = 128 KiB/token.
@@ -54,25 +55,27 @@ PROFILES: dict[str, TimingProfile] = {
     for p in (
         TimingProfile(
             name="h100-llama3-8b",
-            # 16 GB of weights / 3.35 TB/s = 4.8 ms per forward pass, at ~80% of peak bandwidth
-            # ~6 ms: the batch-1 inter-token latency floor. Published vLLM numbers for Llama 3.1
-            # 8B on one H100 (vLLM v0.6 blog, Lambda vllm-benchmark) report low-concurrency TPOT
-            # in the same 6-10 ms range.
-            step_overhead_s=6.0e-3,
-            # 2 x 8e9 FLOPs per token at ~60% of 989 TFLOPS ≈ 27 µs/token (~37k prefill tok/s).
-            prefill_token_s=27e-6,
-            # The same per-token FLOPs for a decoding sequence once batches are large enough to be
-            # compute-bound, plus sampling/bookkeeping: ~30 µs/sequence. With the terms here a
-            # 256-sequence batch at 1k context runs ~25 ms/step ≈ 10k output tok/s, the order of
-            # the ~12.5k tok/s third-party throughput figures for this setup.
-            decode_seq_s=30e-6,
-            # 128 KiB of K+V per context token / (3.35 TB/s x 0.9) ≈ 43 ns.
-            decode_ctx_token_s=43e-9,
+            # Measured on an H100 80GB HBM3 with plain PyTorch bf16, CUDA-graph decode, 2026-11-26:
+            # bench/gpu_step_times.py (Llama-3-8B-shaped decoder, random weights, flash SDPA),
+            # 4-term least-squares fit (relative error) over 9 prefill lengths (128-8192) and 48
+            # decode batches (B 1-256 x context 256-8192); method, raw points and fit error in
+            # bench/results/gpu_step_times.md. Decode is within 2% (median, max 8%); prefill
+            # within 19% (median, max 30%: short prompts sit on the weight-read floor, long ones
+            # pay quadratic attention). Plain PyTorch leaves norms/RoPE/SwiGLU unfused, so vLLM
+            # may run somewhat faster.
+            # Batch-1 decode step: 7.6 ms (16 GB of weights at ~2.1 TB/s; a plain copy ran 3.0 TB/s).
+            step_overhead_s=7.54e-3,
+            # Measured ~36k prefill tok/s at 1-4k tokens (~590 TFLOPS), 31k at 8k (the fit is 25% short).
+            prefill_token_s=23.2e-6,
+            # B=256 at 1k context: 25.6 ms/step ≈ 10k output tok/s.
+            decode_seq_s=15.5e-6,
+            # 128 KiB of K+V per context token at ~2.6 TB/s.
+            decode_ctx_token_s=49.8e-9,
             # (80 GB x 0.9 gpu_memory_utilization - 16 GB weights - ~4 GB activations) / 128 KiB
-            # ≈ 400k tokens.
+            # ≈ 400k tokens (not measured).
             kv_capacity_tokens=400_000,
-            source="estimated: H100 SXM roofline (3.35 TB/s, 989 TFLOPS BF16), Llama-3-8B shapes; "
-            "cross-checked against published vLLM H100 TPOT/throughput ranges",
+            source="measured: H100 80GB HBM3, plain PyTorch 2.11 bf16 (CUDA-graph decode), "
+            "Llama-3-8B shapes, least-squares fit; bench/results/gpu_step_times.md",
         ),
         TimingProfile(
             name="h100-llama3-70b-tp4",
