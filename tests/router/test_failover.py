@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import httpx
@@ -67,3 +68,47 @@ async def test_worker_killed_under_load(tiny_model, log_dir):
         router.stop()
         for w in workers:
             w.stop()
+
+
+async def test_client_disconnect_aborts_the_upstream_request(tiny_model, log_dir):
+    worker = start_mocker(tiny_model, log_dir, "abortable", "--speedup", "1")
+    router = start_router(tiny_model, log_dir, [worker.url], name="router-abort")
+
+    def engine_running() -> int:
+        return httpx.get(worker.url + "/bisllm/mocker/stats").json()["num_running"]
+
+    def booked_tokens() -> int:
+        workers = httpx.get(router.url + "/admin/workers").json()["workers"]
+        return sum(rank["in_flight_tokens"] for w in workers for rank in w["load"])
+
+    async def wait_until(predicate, what: str) -> None:
+        for _ in range(100):
+            if predicate():
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(what)
+
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            # Streaming: read the first event, then hang up.
+            body = {"model": "tiny", "prompt": "a long story", "max_tokens": 2000, "stream": True}
+            async with client.stream("POST", router.url + "/v1/completions", json=body) as r:
+                async for line in r.aiter_lines():
+                    if line.startswith("data: "):
+                        break
+                assert engine_running() == 1 and booked_tokens() > 0
+            await wait_until(lambda: engine_running() == 0, "stream not aborted in the engine")
+            await wait_until(lambda: booked_tokens() == 0, "stream load not freed")
+
+            # Non-streaming: give up while the worker is still generating.
+            body = {"model": "tiny", "prompt": "another long story", "max_tokens": 2000}
+            task = asyncio.create_task(client.post(router.url + "/v1/completions", json=body))
+            await wait_until(lambda: engine_running() == 1, "request never started")
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await wait_until(lambda: engine_running() == 0, "request not aborted in the engine")
+            await wait_until(lambda: booked_tokens() == 0, "request load not freed")
+    finally:
+        router.stop()
+        worker.stop()
