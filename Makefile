@@ -92,7 +92,7 @@ test-python: install
 test: install lint test-rust test-python
 
 bench-rust:
-	cargo bench --bench hashing --bench index --bench dispatch --bench events
+	cargo bench --bench hashing --bench index --bench dispatch --bench events --bench memory
 
 bench-python: build
 	$(PY) bench/core_bench.py

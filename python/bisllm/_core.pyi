@@ -14,18 +14,18 @@ from typing import Final, final
 from typing_extensions import Buffer
 
 __all__ = [
+    "POLICIES",
     "Core",
     "CoreError",
     "EventDecodeError",
+    "EventsSummary",
     "RouteDecision",
     "UnknownRequestError",
     "UnknownWorkerError",
     "WorkerLoad",
-    "EventsSummary",
+    "__version__",
     "hash_blocks",
     "lora_salt",
-    "POLICIES",
-    "__version__",
 ]
 
 __version__: Final[str]
@@ -152,7 +152,9 @@ class Core:
         Requests already booked on it stay on the scoreboard until finished or cancelled.
         Raises UnknownWorkerError if no such worker.
         """
-    def set_approximate(self, worker_id: int, approximate: bool, dp_rank: int | None = None) -> None:
+    def set_approximate(
+        self, worker_id: int, approximate: bool, dp_rank: int | None = None
+    ) -> None:
         """Switch a worker between event-driven (exact) and predicted (approximate) entries.
 
         Switching clears the worker's index entries: the two sources never mix.

@@ -388,6 +388,7 @@ class RequestContext:
         assert core is not None
         with contextlib.suppress(CoreError):
             core.on_first_token(self.booking_id)
+            core.on_tokens(self.booking_id, 1)  # on_first_token moves phase, counts nothing
         self.router.metrics.time_to_first_token.observe(self.first_token_at - self.started)
 
     def read_usage(self, usage: Any) -> None:
