@@ -86,7 +86,7 @@ fmt:
 test-rust:
 	cargo test --locked --release
 
-test-python: install
+test-python: install $(TINY_MODEL)/config.json
 	$(PY) -m pytest -q -rs
 
 test: install lint test-rust test-python

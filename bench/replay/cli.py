@@ -42,10 +42,18 @@ from bench.replay.fleet import (
     FleetConfig,
     Policy,
     fleet,
+    http_get,
     install_signal_handlers,
     vocab_size,
 )
-from bench.replay.report import RunSummary, markdown_table, result_rows, summarize_run
+from bench.replay.report import (
+    CPU_LAG_WARN_SIM_MS,
+    RunSummary,
+    cpu_bound,
+    markdown_table,
+    result_rows,
+    summarize_run,
+)
 from bench.replay.synthetic import GENERATORS
 from bench.replay.trace import (
     BlockExpander,
@@ -58,9 +66,6 @@ from bench.replay.trace import (
 )
 
 DEFAULT_TRACE = REPO.parent / "shared" / "traces" / "mooncake_synthetic_trace.jsonl"
-#: A run whose client sent requests this late (p99, simulated ms) was limited by the
-#: benchmark machine's CPU rather than the simulated GPUs; the report flags it.
-CPU_LAG_WARN_SIM_MS = 10.0
 DEFAULT_POLICIES = (
     "kv_aware:w=1,t=0",
     "kv_aware:w=2,t=0",
@@ -350,6 +355,7 @@ def run_once(
             run = _run_async(replay(work.requests, expander, cfg, on_done))
         finally:
             bar.close()
+        engine_stats = _mocker_stats(f.worker_urls)
     summary = summarize_run(
         run,
         label=label,
@@ -360,8 +366,20 @@ def run_once(
         speedup=fleet_cfg.speedup,
         block_size=fleet_cfg.block_size,
         ideal_hit_rate=ideal,
+        engine_stats=engine_stats,
     )
     return summary, run
+
+
+def _mocker_stats(worker_urls: list[str]) -> list[dict[str, Any]]:
+    """Each mock worker's simulator stats (clock lag, busy time); [] if unavailable."""
+    out = []
+    for url in worker_urls:
+        status, body = http_get(url + "/bisllm/mocker/stats", timeout=5.0)
+        if status == 200:
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(body))
+    return out
 
 
 def _run_async(coro: Any) -> ClientRun:
@@ -372,11 +390,17 @@ def _run_async(coro: Any) -> ClientRun:
     return uvloop.run(coro)  # type: ignore[no-any-return]
 
 
-def _downsample(samples: list[LoadSample], n: int = 300) -> list[dict[str, Any]]:
-    step = max(1, len(samples) // n)
-    return [
-        {"t_s": round(s.t_s, 4), "in_flight_tokens": s.in_flight_tokens} for s in samples[::step]
-    ]
+def _downsample(samples: list[LoadSample], n: int = 300) -> dict[str, Any]:
+    """At most ``n`` load samples as columns (compact JSON): times in simulated s and,
+    per worker, its in-flight tokens at each time."""
+    kept = samples[:: max(1, len(samples) // n)]
+    workers = sorted({w for s in kept for w in s.in_flight_tokens})
+    return {
+        "t_s": [round(s.t_s, 3) for s in kept],
+        "in_flight_tokens": {
+            w: [round(s.in_flight_tokens.get(w, 0.0)) for s in kept] for w in workers
+        },
+    }
 
 
 def write_report(
@@ -388,7 +412,7 @@ def write_report(
     samples: dict[str, list[LoadSample]],
     command: str,
 ) -> None:
-    """report.json + report.md (rewritten after every run)."""
+    """report.json + load.json + report.md (rewritten after every run)."""
     doc = {
         "mode": mode,
         "command": command,
@@ -396,12 +420,13 @@ def write_report(
         "time_unit": "simulated (wall x speedup); latencies in ms, rates per second",
         "workload": meta,
         "fleet": asdict(fleet_cfg),
-        "runs": [
-            {**s.to_dict(), "load_samples": _downsample(samples.get(s.label, []))}
-            for s in summaries
-        ],
+        "runs": [s.to_dict() for s in summaries],
+        "load_samples": "load.json",
     }
-    (out / "report.json").write_text(json.dumps(doc, indent=1))
+    (out / "report.json").write_text(json.dumps(doc, indent=1) + "\n")
+    # Per-worker load over time, compact (it is most of the data): label -> columns.
+    load = {s.label: _downsample(samples.get(s.label, [])) for s in summaries}
+    (out / "load.json").write_text(json.dumps(load, separators=(",", ":")) + "\n")
     lines = [
         f"# bench.replay {mode}: {Path(str(meta['source'])).name}",
         "",
@@ -414,7 +439,7 @@ def write_report(
         f"output scale {meta['output_scale']}).",
         "",
         f"Fleet: {fleet_cfg.workers} mock workers, profile `{fleet_cfg.profile}`, speedup "
-        f"{', '.join(sorted({f'{x.speedup:g}' for x in summaries}))}, "
+        f"{', '.join(sorted({f'{x.speedup:.3g}' for x in summaries}))}, "
         f"block size {fleet_cfg.block_size}, "
         f"{fleet_cfg.num_blocks or 'default'} KV blocks per worker.",
         "",
@@ -443,15 +468,12 @@ def write_report(
             f"Client send lag p99 (wall ms, CPU-saturation check): max {max(lag):.1f} over runs.",
             "",
         ]
-    suspect = [
-        s.label
-        for s in summaries
-        if s.client_lag_p99_ms is not None and s.client_lag_p99_ms * s.speedup > CPU_LAG_WARN_SIM_MS
-    ]
+    suspect = [s.label for s in summaries if cpu_bound(s)]
     if suspect:
         lines += [
-            f"**CPU-bound runs** (client sent >{CPU_LAG_WARN_SIM_MS:g} simulated ms late at p99: "
-            f"the benchmark machine, not the simulated GPUs, limited them): {', '.join(suspect)}",
+            f"**CPU-bound runs** (the client sent >{CPU_LAG_WARN_SIM_MS:g} simulated ms late at "
+            "p99, or the mocker's clock slipped: the benchmark machine, not the simulated GPUs, "
+            f"limited them): {', '.join(suspect)}",
             "",
         ]
     for png in ("ttft_cdf.png", "hit_rate.png", "load_over_time.png", "sweep_ttft.png"):
@@ -539,9 +561,12 @@ def main(argv: list[str] | None = None) -> int:
         if summaries and not args.no_plots:
             _plots(out, args.mode, work.name, summaries, samples, ttfts)
             write_report(out, args.mode, meta, fleet_cfg, summaries, samples, command)
+    if not summaries:
+        print("bench.replay: no run completed", file=sys.stderr)
+        return 130
     print(markdown_table(summaries))
     print(f"report: {out / 'report.md'}", file=sys.stderr)
-    return 0 if summaries and all(s.errors == 0 for s in summaries) else 1
+    return 0 if all(s.errors == 0 for s in summaries) else 1
 
 
 def _one_line(s: RunSummary) -> str:
@@ -553,7 +578,8 @@ def _one_line(s: RunSummary) -> str:
     return (
         f"  {s.label}: TTFT p50/p90/p99 {ms(s.ttft.p50)}/{ms(s.ttft.p90)}/{ms(s.ttft.p99)} ms, "
         f"hit {hit} (best {best}), errors {s.errors}, shed {s.shed}, wall {s.wall_s:.0f}s, "
-        f"client lag p99 {s.client_lag_p99_ms or 0:.0f} wall ms"
+        f"client lag p99 {s.client_lag_p99_ms or 0:.0f} wall ms, engine lag "
+        f"{s.engine_lag_s or 0:.1f} wall s, GPU busy {100 * (s.gpu_busy_mean or 0):.0f}%"
     )
 
 

@@ -99,6 +99,11 @@ class RunSummary:
     imbalance_in_flight: float | None  # max/mean of time-averaged in-flight tokens per worker
     wall_s: float
     client_lag_p99_ms: float | None  # wall: how late the client sent (CPU saturation signal)
+    # From the mocker's /bisllm/mocker/stats (None for other engines):
+    engine_lag_s: float | None = None  # wall s the simulated engines ran behind (CPU-bound)
+    preemptions: int | None = None  # requests preempted for lack of KV blocks (all workers)
+    gpu_busy_mean: float | None = None  # simulated busy time / run span, mean over workers
+    gpu_busy_max: float | None = None
     workers: dict[str, dict[str, float]] = field(default_factory=dict)
     errors_sample: list[str] = field(default_factory=list)
 
@@ -117,6 +122,7 @@ def summarize_run(
     speedup: float,
     block_size: int,
     ideal_hit_rate: float | None = None,
+    engine_stats: Sequence[dict[str, Any]] | None = None,
 ) -> RunSummary:
     """Reduce a client run to its :class:`RunSummary` (simulated time, see module doc)."""
     res = run.results
@@ -168,6 +174,7 @@ def summarize_run(
     span_sim = (last_end - first) * speedup
     out_tokens = sum(r.completion_tokens or 0 for r in ok)
     lag = [(r.sent_s - r.scheduled_s) * 1000 for r in res if r.sent_s is not None]
+    engine = _engine_totals(engine_stats, run.wall_s * speedup)
     return RunSummary(
         label=label,
         policy=policy,
@@ -202,7 +209,50 @@ def summarize_run(
             url: {**asdict(w), "work_tokens": w.work_tokens} for url, w in sorted(workers.items())
         },
         errors_sample=[f"#{r.index}: {r.error}" for r in res if r.error][:10],
+        engine_lag_s=engine.lag_s,
+        preemptions=engine.preemptions,
+        gpu_busy_mean=engine.busy_mean,
+        gpu_busy_max=engine.busy_max,
     )
+
+
+@dataclass(slots=True)
+class _EngineTotals:
+    lag_s: float | None = None
+    preemptions: int | None = None
+    busy_mean: float | None = None
+    busy_max: float | None = None
+
+
+def _engine_totals(stats: Sequence[dict[str, Any]] | None, span_sim_s: float) -> _EngineTotals:
+    """Fleet totals of the mocker's per-worker stats: how far its clock slipped behind
+    (a CPU-bound run), preemptions, and how busy the simulated GPUs were."""
+    if not stats:
+        return _EngineTotals()
+    busy = [float(s.get("simulated_s", 0.0)) / span_sim_s for s in stats if span_sim_s > 0]
+    return _EngineTotals(
+        lag_s=sum(float(s.get("lag_s", 0.0)) for s in stats),
+        preemptions=sum(int(s.get("num_preemptions", 0)) for s in stats),
+        busy_mean=float(np.mean(busy)) if busy else None,
+        busy_max=max(busy) if busy else None,
+    )
+
+
+#: A run whose client sent requests this late (p99, simulated ms) was limited by the
+#: benchmark machine's CPU rather than the simulated GPUs.
+CPU_LAG_WARN_SIM_MS = 10.0
+#: Likewise if the mocker's engines ran behind their simulated clock for more than this
+#: fraction of the run (summed over workers / workers).
+ENGINE_LAG_WARN_FRACTION = 0.01
+
+
+def cpu_bound(s: RunSummary) -> bool:
+    """True if the benchmark machine, not the simulated GPUs, limited this run: its
+    latencies then include CPU queueing the simulated hardware would not have."""
+    if s.client_lag_p99_ms is not None and s.client_lag_p99_ms * s.speedup > CPU_LAG_WARN_SIM_MS:
+        return True
+    workers = max(1, len(s.workers))
+    return (s.engine_lag_s or 0.0) / workers > ENGINE_LAG_WARN_FRACTION * s.wall_s
 
 
 def mean_in_flight(samples: Sequence[LoadSample]) -> dict[str, float]:
@@ -228,16 +278,17 @@ def markdown_table(summaries: Sequence[RunSummary]) -> str:
     """One row per run: the comparison table of the report (latencies in simulated ms)."""
     head = (
         "| run | rate (req/s) | TTFT p50 | TTFT p90 | TTFT p99 | ITL p50 | E2E p90 | "
-        "out tok/s | hit rate | best-prefix | hit/best | imbalance (req / work / in-flight) "
-        "| errors | shed |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "out tok/s | GPU busy | hit rate | best-prefix | hit/best | "
+        "imbalance (req / work / in-flight) | errors | shed |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     rows = []
     for s in summaries:
         rows.append(
             f"| {s.label} | {_fmt(s.offered_rate, '.1f')} | {_fmt(s.ttft.p50)} | "
             f"{_fmt(s.ttft.p90)} | {_fmt(s.ttft.p99)} | {_fmt(s.itl.p50, '.1f')} | "
-            f"{_fmt(s.e2e.p90)} | {_fmt(s.output_tps)} | {_pct(s.hit_rate)} | "
+            f"{_fmt(s.e2e.p90)} | {_fmt(s.output_tps)} | {_pct(s.gpu_busy_mean)} | "
+            f"{_pct(s.hit_rate)} | "
             f"{_pct(s.best_prefix_hit_rate)} | {_fmt(s.hit_efficiency, '.2f')} | "
             f"{_fmt(s.imbalance_requests, '.2f')} / {_fmt(s.imbalance_work, '.2f')} / "
             f"{_fmt(s.imbalance_in_flight, '.2f')} | {s.errors} | {s.shed} |"

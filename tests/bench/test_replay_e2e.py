@@ -64,10 +64,14 @@ def test_tiny_compare_writes_report(tmp_path: Path, tiny_model_path: Path) -> No
         assert 0.0 <= run["hit_rate"] <= 1.0
         assert run["best_prefix_hit_rate"] is not None
         assert sum(w["requests"] for w in run["workers"].values()) == 20
+        assert run["gpu_busy_mean"] > 0 and run["engine_lag_s"] is not None
     # Round robin splits requests evenly over the two workers.
     assert runs["round_robin"]["imbalance_requests"] == pytest.approx(1.0)
     # Shared system prompts: kv_aware must reuse them (first use of each prefix misses).
     assert runs["kv_aware(w=1,t=0)"]["hit_rate"] > 0.3
+    load = json.loads((out / "load.json").read_text())
+    assert set(load) == set(runs)
+    assert all(len(v["in_flight_tokens"]) == 2 for v in load.values())
     md = (out / "report.md").read_text()
     assert "| kv_aware(w=1,t=0) |" in md and "| round_robin |" in md
     for png in ("ttft_cdf.png", "hit_rate.png", "load_over_time.png"):

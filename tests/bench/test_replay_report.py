@@ -15,6 +15,7 @@ from bench.replay.client import (
 from bench.replay.fleet import Policy
 from bench.replay.report import (
     Latency,
+    cpu_bound,
     imbalance,
     markdown_table,
     mean_in_flight,
@@ -111,6 +112,10 @@ def test_summarize_run() -> None:
         speedup=2.0,
         block_size=16,
         ideal_hit_rate=0.5,
+        engine_stats=[
+            {"lag_s": 0.0, "num_preemptions": 1, "simulated_s": 5.0},
+            {"lag_s": 0.01, "num_preemptions": 0, "simulated_s": 2.5},
+        ],
     )
     assert (s.requests, s.ok, s.errors, s.shed) == (5, 3, 1, 1)
     assert s.error_rate == pytest.approx(0.2) and s.shed_rate == pytest.approx(0.2)
@@ -128,6 +133,12 @@ def test_summarize_run() -> None:
     assert s.imbalance_in_flight == pytest.approx(20 / 15)
     # Throughput over simulated time: first arrival 0 -> last end 2.33 wall s, x2.
     assert s.throughput_rps == pytest.approx(3 / (2.33 * 2))
+    # Engine totals: busy = simulated busy s / (wall 5 s x speedup 2).
+    assert (s.preemptions, s.gpu_busy_mean, s.gpu_busy_max) == (1, 0.375, 0.5)
+    assert s.engine_lag_s == pytest.approx(0.01)
+    assert not cpu_bound(s)
+    s.client_lag_p99_ms = 20.0  # x speedup 2 = 40 simulated ms late: the CPU limited it
+    assert cpu_bound(s)
     table = markdown_table([s])
     assert table.count("\n") == 3 and "| x |" in table
     assert s.to_dict()["ttft"]["p50"] == pytest.approx(400.0)
