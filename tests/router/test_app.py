@@ -118,6 +118,7 @@ async def test_openai_sdk_async_streaming_completions(router):
         (b"{not json", 400),
         (b"[]", 400),
         (json.dumps({"model": "tiny", "prompt": 12}).encode(), 400),
+        (json.dumps({"model": "tiny", "prompt": [5, -1]}).encode(), 400),
         (json.dumps({"model": "tiny", "prompt": "x", "max_tokens": "many"}).encode(), 400),
         (json.dumps({"model": "tiny", "prompt": "x", "max_tokens": -1}).encode(), 400),
         (json.dumps({"model": "nope", "prompt": "x"}).encode(), 404),

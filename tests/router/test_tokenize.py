@@ -58,8 +58,15 @@ def test_completion_ids_match_transformers(both, prompt):
 
 def test_token_id_prompts_pass_through(both):
     ours, _ = both
-    assert ours.completion_ids({"prompt": [5, 6, 7]}) == [5, 6, 7]
-    assert ours.completion_ids({"prompt": [[1, 2], [3]]}) == [1, 2]
+    assert list(ours.completion_ids({"prompt": [5, 6, 7]})) == [5, 6, 7]
+    assert list(ours.completion_ids({"prompt": [[1, 2], [3]]})) == [1, 2]
+
+
+@pytest.mark.parametrize("prompt", [[1, "a"], [-1, 2], [1, 2**40], [[1], [2, None]], [1, 2.5]])
+def test_bad_token_ids_are_rejected(both, prompt):
+    ours, _ = both
+    with pytest.raises(TokenizeError, match="token ids"):
+        ours.completion_ids({"prompt": prompt})
 
 
 def test_missing_tokenizer_is_a_clear_error(tmp_path):

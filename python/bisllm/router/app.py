@@ -141,7 +141,7 @@ class Router:
 
     def max_model_len(self) -> int | None:
         assert self.registry is not None
-        return self.config.max_model_len or self.registry.max_model_len()
+        return self.config.max_model_len or self.registry.max_model_len
 
 
 class RouterApp:
@@ -264,7 +264,7 @@ def create_app(config: RouterConfig) -> RouterApp:
     @app.get("/health")
     async def health() -> Response:
         assert router.registry is not None
-        if router.registry.healthy():
+        if router.registry.num_healthy:
             return Response(status_code=200)
         return _error(503, "no healthy worker")
 

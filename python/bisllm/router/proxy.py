@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 import msgspec
@@ -65,12 +66,14 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+T = TypeVar("T")
 
 # Prompts at least this long are tokenized off the event loop.
 _TOKENIZE_INLINE_MAX_CHARS = 8192
 _JSON = (b"content-type", b"application/json")
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 _UPSTREAM_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
+_booking_seq = itertools.count()
 
 
 async def send_response(
@@ -112,14 +115,22 @@ class DisconnectWatch:
     def gone(self) -> bool:
         return self._task.done()
 
-    async def race(self, awaitable: Awaitable[bytes]) -> bytes:
+    async def race(self, awaitable: Awaitable[T]) -> T:
         """Await ``awaitable`` unless the client disconnects first (then raise ClientGone)."""
         work = asyncio.ensure_future(awaitable)
-        await asyncio.wait((work, self._task), return_when=asyncio.FIRST_COMPLETED)
-        if not work.done():
+
+        def on_gone(_: object) -> None:
             work.cancel()
-            raise ClientGone
-        return work.result()
+
+        self._task.add_done_callback(on_gone)
+        try:
+            return await work
+        except asyncio.CancelledError:
+            if self._task.done() and work.cancelled():
+                raise ClientGone from None
+            raise
+        finally:
+            self._task.remove_done_callback(on_gone)
 
     def close(self) -> None:
         self._task.cancel()
@@ -255,12 +266,13 @@ class ProxyEndpoint:
         registry = router.registry
         core = router.cores.core
         assert router.session is not None and registry is not None
-        if core is None or not registry.healthy():
+        if core is None or not registry.num_healthy:
             router.metrics.requests.labels(self.endpoint, "no_worker").inc()
             await send_error(send, 503, "no healthy worker is available")
             return
         request_id = header(scope, b"x-request-id") or uuid.uuid4().hex
-        booking_id = f"{request_id}:{uuid.uuid4().hex[:8]}"
+        # Unique per attempt chain even when clients reuse x-request-id.
+        booking_id = f"{request_id}#{next(_booking_seq)}"
         excluded: list[tuple[int, int]] = []
         started = time.perf_counter()
         last_error = "no eligible worker"

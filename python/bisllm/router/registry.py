@@ -139,6 +139,9 @@ class WorkerRegistry:
         self._zmq = zmq.asyncio.Context()
         self._health_task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        # Summaries of the healthy workers, kept current by _refresh_summary.
+        self.num_healthy = 0
+        self.max_model_len: int | None = None
 
     # -- registration -------------------------------------------------------------
 
@@ -175,9 +178,12 @@ class WorkerRegistry:
     def healthy(self) -> list[Worker]:
         return [w for w in self.workers.values() if w.status == WorkerStatus.HEALTHY]
 
-    def max_model_len(self) -> int | None:
-        lens = [w.info.max_model_len for w in self.healthy() if w.info and w.info.max_model_len]
-        return min(lens) if lens else None
+    def _refresh_summary(self) -> None:
+        """Recompute what the request path reads per request, once per membership change."""
+        healthy = self.healthy()
+        self.num_healthy = len(healthy)
+        lens = [w.info.max_model_len for w in healthy if w.info and w.info.max_model_len]
+        self.max_model_len = min(lens) if lens else None
 
     async def _discover(self, worker: Worker) -> WorkerInfo:
         timeout = aiohttp.ClientTimeout(total=self.health_timeout_s * 5)
@@ -266,6 +272,7 @@ class WorkerRegistry:
             )
             worker.subscriber.start()
         worker.status = WorkerStatus.HEALTHY
+        self._refresh_summary()
         worker.consecutive_failures = 0
         worker.last_error = None
         worker.awaiting_events_since = None
@@ -289,6 +296,7 @@ class WorkerRegistry:
         if worker.status == WorkerStatus.HEALTHY:
             logger.warning("worker %d %s out of routing: %s", worker.worker_id, worker.url, why)
         worker.status = WorkerStatus.UNHEALTHY
+        self._refresh_summary()
 
     # -- health ---------------------------------------------------------------------
 

@@ -140,10 +140,22 @@ class PromptTokenizer:
             if isinstance(first, str):
                 return self.encode_text(first, add_special)
             if isinstance(first, int):
-                return prompt
+                return token_id_array(prompt)
             if isinstance(first, list):
-                return first
+                for other in prompt[1:]:
+                    token_id_array(other)  # every prompt of the batch must be valid
+                return token_id_array(first)
         raise TokenizeError("'prompt' must be a string, a list of strings or a list of token ids")
+
+
+def token_id_array(ids: Any) -> array[int]:
+    """Token ids as a uint32 buffer: validated in C, passed to the core without conversion."""
+    if not isinstance(ids, list) or not ids:
+        raise TokenizeError("a token-id prompt must be a non-empty list of integers")
+    try:
+        return array("I", ids)
+    except (TypeError, OverflowError):
+        raise TokenizeError("token ids must be integers in [0, 2**32)") from None
 
 
 def _normalize_message(message: Any, index: int) -> dict[str, Any]:
