@@ -167,7 +167,6 @@ def main() -> None:
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "router_overhead.json"))
     args = p.parse_args()
 
-    base = free_port()
     router_port = free_port()
     logs = REPO / "bench" / "results" / "tmp"
     logs.mkdir(parents=True, exist_ok=True)
@@ -180,25 +179,19 @@ def main() -> None:
         return proc
 
     try:
-        mocker = spawn(
+        # Ephemeral ports, read back from the mocker's --json lines (no port races).
+        mocker = subprocess.Popen(
             [
-                str(BIN / "bisllm-mocker"),
-                "--workers",
-                str(args.workers),
-                "--base-port",
-                str(base),
-                "--model",
-                args.model,
-                "--served-model-name",
-                "tiny",
-                "--profile",
-                args.profile,
-                "--speedup",
-                str(args.speedup),
+                str(BIN / "bisllm-mocker"), "--workers", str(args.workers), "--base-port", "0",
+                "--json", "--model", args.model, "--served-model-name", "tiny",
+                "--profile", args.profile, "--speedup", str(args.speedup),
             ],
-            "mocker",
-        )
-        worker_urls = [f"http://127.0.0.1:{base + i}" for i in range(args.workers)]
+            stdout=subprocess.PIPE, stderr=open(logs / "mocker.log", "wb"),  # noqa: SIM115
+            start_new_session=True,
+        )  # fmt: skip
+        procs.append(mocker)
+        assert mocker.stdout is not None
+        worker_urls = [json.loads(mocker.stdout.readline())["url"] for _ in range(args.workers)]
         for url in worker_urls:
             wait_ready(url + "/health", mocker)
         router = spawn(
