@@ -27,6 +27,7 @@ import contextlib
 import json
 import math
 import shlex
+import subprocess
 import sys
 import time
 from dataclasses import asdict, replace
@@ -403,6 +404,45 @@ def _downsample(samples: list[LoadSample], n: int = 300) -> dict[str, Any]:
     }
 
 
+def _profile_line(doc: dict[str, Any]) -> str:
+    p = doc.get("profile")
+    if not p:
+        return ""
+    return (
+        f" Step time = {p['step_overhead_s'] * 1e3:g} ms + {p['prefill_token_s'] * 1e6:g} us"
+        f"/prefill token + {p['decode_seq_s'] * 1e6:g} us/decode seq + "
+        f"{p['decode_ctx_token_s'] * 1e9:g} ns/context token (at git {doc.get('git_head')})."
+    )
+
+
+def _git_head() -> str | None:
+    """The commit the results were measured on (+ "-dirty" with local changes)."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        return head + ("-dirty" if dirty else "") if head else None
+    return None
+
+
+def _profile_params(name: str) -> dict[str, Any] | None:
+    """The mocker profile's step-time parameters as they were for this run (profiles are
+    recalibrated over time; results are only comparable under the same numbers)."""
+    try:
+        from bisllm_workers.mocker.timing import get_profile
+    except ImportError:
+        return None
+    with contextlib.suppress(ValueError, TypeError):
+        return asdict(get_profile(name))
+    return None
+
+
 def write_report(
     out: Path,
     mode: str,
@@ -418,8 +458,10 @@ def write_report(
         "command": command,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "time_unit": "simulated (wall x speedup); latencies in ms, rates per second",
+        "git_head": _git_head(),
         "workload": meta,
         "fleet": asdict(fleet_cfg),
+        "profile": _profile_params(fleet_cfg.profile),
         "runs": [s.to_dict() for s in summaries],
         "load_samples": "load.json",
     }
@@ -441,7 +483,7 @@ def write_report(
         f"Fleet: {fleet_cfg.workers} mock workers, profile `{fleet_cfg.profile}`, speedup "
         f"{', '.join(sorted({f'{x.speedup:.3g}' for x in summaries}))}, "
         f"block size {fleet_cfg.block_size}, "
-        f"{fleet_cfg.num_blocks or 'default'} KV blocks per worker.",
+        f"{fleet_cfg.num_blocks or 'default'} KV blocks per worker.{_profile_line(doc)}",
         "",
         "Latencies in simulated ms (wall x speedup). Hit rate: engine-reported cached / "
         "prompt tokens; best-prefix: the longest prefix any worker held in the router's "
@@ -579,7 +621,7 @@ def _one_line(s: RunSummary) -> str:
         f"  {s.label}: TTFT p50/p90/p99 {ms(s.ttft.p50)}/{ms(s.ttft.p90)}/{ms(s.ttft.p99)} ms, "
         f"hit {hit} (best {best}), errors {s.errors}, shed {s.shed}, wall {s.wall_s:.0f}s, "
         f"client lag p99 {s.client_lag_p99_ms or 0:.0f} wall ms, engine lag "
-        f"{s.engine_lag_s or 0:.1f} wall s, GPU busy {100 * (s.gpu_busy_mean or 0):.0f}%"
+        f"{s.engine_lag_s or 0:.1f} wall s, preemptions {s.preemptions}"
     )
 
 

@@ -96,10 +96,20 @@ def test_fleet_kills_whole_process_group(tmp_path: Path) -> None:
         time.sleep(0.05)
     children = [int(f.read_text()) for f in pid_files]
     procs[0].stop()
-    assert not procs[0].alive() and not _alive(children[0])
+    assert not procs[0].alive() and _gone(children[0])
     assert procs[1].alive() and _alive(children[1])
     fleet.kill_all()
-    assert not procs[1].alive() and not _alive(children[1])
+    assert not procs[1].alive() and _gone(children[1])
+
+
+def _gone(pid: int, timeout: float = 5.0) -> bool:
+    """Signals land asynchronously: give a killed process a moment to die."""
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def _alive(pid: int) -> bool:
