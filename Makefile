@@ -77,6 +77,7 @@ lint: build
 	$(VENV)/bin/ruff check python workers tests bench
 	$(VENV)/bin/ruff format --check python workers tests bench
 	$(PY) -m mypy.stubtest bisllm._core
+	$(PY) -m mypy python/bisllm workers/bisllm_workers
 
 fmt:
 	cargo fmt --all

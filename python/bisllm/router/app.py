@@ -14,7 +14,7 @@ import dataclasses
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,7 +189,7 @@ class RouterApp:
         """Run the hot path; an unexpected error becomes a 500, never a dead connection."""
         started = False
 
-        async def tracking_send(message: dict[str, Any]) -> None:
+        async def tracking_send(message: MutableMapping[str, Any]) -> None:
             nonlocal started
             started = True
             await send(message)

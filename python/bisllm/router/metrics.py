@@ -199,8 +199,9 @@ class StateCollector(Collector):
         )
         for w in workers:
             label = w.url
-            for st in IndexState:
-                state.add_metric([label, st.value], 1.0 if w.index_state == st else 0.0)
+            for index_state in IndexState:
+                value = 1.0 if w.index_state == index_state else 0.0
+                state.add_metric([label, index_state.value], value)
             if w.subscriber is not None:
                 stats = w.subscriber.stats
                 batches.add_metric([label], stats.batches)

@@ -36,7 +36,7 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -219,11 +219,12 @@ class ProxyEndpoint:
             )
         return ids
 
-    async def prompt_ids(self, body: dict[str, Any]) -> Any:
+    async def prompt_ids(self, body: dict[str, Any]) -> Sequence[int]:
         tokenizer = self.router.tokenizer
         if tokenizer is None:
             raise RequestError(500, "the router was started without --model: it cannot tokenize")
         start = time.perf_counter()
+        ids: Sequence[int]
         try:
             if self.endpoint == "chat":
                 text = tokenizer.render_chat(body)
