@@ -2,78 +2,31 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
+from process_harness import Proc, start_router
 
 from bisllm.router.tokenize import PromptTokenizer
 
 pytestmark = pytest.mark.vllm
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 
-
-class RouterProc:
-    def __init__(self, model: Path, workers: list[str], log: Path) -> None:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        args = [
-            str(BIN / "bisllm-router"), "--model", str(model), "--port", str(self.port),
-            "--workers", ",".join(workers), "--health-interval", "0.5", "--log-level", "info",
-        ]  # fmt: skip
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(
-                args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        self.log = log
-        self.wait_healthy(60)
-
-    def wait_healthy(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"router not healthy:\n{self.log.read_text()[-3000:]}")
-
-    def workers(self) -> list[dict[str, Any]]:
-        return httpx.get(self.url + "/admin/workers", timeout=5).json()["workers"]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+def router_workers(router: Proc) -> list[dict[str, Any]]:
+    return httpx.get(router.url + "/admin/workers", timeout=5).json()["workers"]
 
 
 @pytest.fixture
-def router(vllm_workers, tiny_model_path, tmp_path) -> Iterator[RouterProc]:
-    proc = RouterProc(tiny_model_path, [w.url for w in vllm_workers], tmp_path / "router.log")
+def router(vllm_workers, tiny_model_path, tmp_path) -> Iterator[Proc]:
+    proc = start_router(tiny_model_path, tmp_path, [w.url for w in vllm_workers], timeout=60)
     try:
         deadline = time.monotonic() + 30
-        while not all(w["status"] == "healthy" for w in proc.workers()):
-            assert time.monotonic() < deadline, proc.workers()
+        while not all(w["status"] == "healthy" for w in router_workers(proc)):
+            assert time.monotonic() < deadline, router_workers(proc)
             time.sleep(0.2)
         yield proc
     finally:
@@ -103,8 +56,8 @@ def test_router_tokenization_equals_vllm(vllm_workers, tiny_model_path):
         assert ours.completion_ids({"prompt": prompt}) == r.json()["tokens"]
 
 
-def _indexed(router: RouterProc) -> int:
-    return sum(rank["indexed_blocks"] for w in router.workers() for rank in w["load"])
+def _indexed(router: Proc) -> int:
+    return sum(rank["indexed_blocks"] for w in router_workers(router) for rank in w["load"])
 
 
 def test_shared_prefix_hits_the_engine_cache(router, vllm_workers):
@@ -121,7 +74,7 @@ def test_shared_prefix_hits_the_engine_cache(router, vllm_workers):
     # vLLM publishes BlockStored one engine step later; wait until the router indexed it.
     deadline = time.monotonic() + 20
     while _indexed(router) < int(first.headers["x-bisllm-prompt-blocks"]):
-        assert time.monotonic() < deadline, router.workers()
+        assert time.monotonic() < deadline, router_workers(router)
         time.sleep(0.1)
     second = httpx.post(
         router.url + "/v1/completions",
@@ -135,7 +88,7 @@ def test_shared_prefix_hits_the_engine_cache(router, vllm_workers):
     assert overlap >= 3
     # The router's prediction is exactly what the engine served from its cache.
     assert cached == overlap * block
-    assert {w["index_state"] for w in router.workers()} == {"exact"}
+    assert {w["index_state"] for w in router_workers(router)} == {"exact"}
 
 
 def test_streaming_chat_through_the_router_with_the_sdk(router):
@@ -166,6 +119,6 @@ def test_killed_worker_leaves_routing(router, vllm_workers):
         assert r.status_code == 200, r.text
         assert r.headers["x-bisllm-worker"] == survivor.url
     deadline = time.monotonic() + 10
-    while {w["url"]: w["status"] for w in router.workers()}[victim.url] != "unhealthy":
+    while {w["url"]: w["status"] for w in router_workers(router)}[victim.url] != "unhealthy":
         assert time.monotonic() < deadline
         time.sleep(0.1)

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from router_harness import REPO, Proc, start_mocker, start_router
+from process_harness import REPO, Proc, start_mocker, start_router
 
 
 @pytest.fixture(scope="session")

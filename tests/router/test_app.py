@@ -9,7 +9,7 @@ import time
 import httpx
 import openai
 import pytest
-from router_harness import start_mocker, start_router, wait_http
+from process_harness import start_mocker, start_router, wait_http
 
 ADMIN = {"Authorization": "Bearer secret-admin"}
 SHARED_PREFIX = " ".join(f"w{i}" for i in range(300))  # a few hundred tokens: many blocks

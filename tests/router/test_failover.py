@@ -7,7 +7,7 @@ import contextlib
 import json
 
 import httpx
-from router_harness import start_mocker, start_router
+from process_harness import start_mocker, start_router
 
 
 async def test_worker_killed_under_load(tiny_model, log_dir):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
@@ -98,7 +98,12 @@ def start_mocker(
 
 
 def start_router(
-    tiny_model: Path, log_dir: Path, workers: list[str], *extra: str, name: str = "router"
+    tiny_model: Path,
+    log_dir: Path,
+    workers: list[str],
+    *extra: str,
+    name: str = "router",
+    timeout: float = 30.0,
 ) -> Proc:
     port = free_port()
     args = [
@@ -115,4 +120,4 @@ def start_router(
         "warning",
         *extra,
     ]
-    return spawn(args, log_dir / f"{name}.log", f"http://127.0.0.1:{port}", "/health")
+    return spawn(args, log_dir / f"{name}.log", f"http://127.0.0.1:{port}", "/health", timeout)
