@@ -17,21 +17,7 @@ fn bench_route(c: &mut Criterion) {
     for &(workers, policy) in &[(64u64, "kv_aware"), (4096, "kv_aware"), (64, "round_robin")] {
         let (router, w) = common::router_with(workers, policy);
         // Prompts: realistic 1,024-block (16K-token) prompts from the workload.
-        let mut rng = common::rng();
-        let prompts: Vec<Vec<u32>> = (0..64)
-            .map(|i| {
-                let c = &w.conversations[(i * 7919) % w.conversations.len()];
-                let mut t = if i % 2 == 0 {
-                    c.tokens.clone()
-                } else {
-                    w.prefixes[c.prefix].clone()
-                };
-                t.truncate(1024 * BLOCK);
-                let fresh = 1024 * BLOCK - t.len();
-                t.extend(common::tokens(&mut rng, fresh));
-                t
-            })
-            .collect();
+        let prompts = common::route_prompts(&w, 64, 1024 * BLOCK);
         let _ = mixed_queries;
         // Background load: a few requests in flight per worker.
         for i in 0..(workers as usize * 2) {

@@ -136,21 +136,7 @@ fn route_latency() {
     println!("|---|---|---|---|");
     for workers in [64u64, 4096] {
         let (router, w) = common::router_with(workers, "kv_aware");
-        let mut rng = common::rng();
-        let prompts: Vec<Vec<u32>> = (0..256)
-            .map(|i| {
-                let c = &w.conversations[(i * 7919) % w.conversations.len()];
-                let mut t = if i % 2 == 0 {
-                    c.tokens.clone()
-                } else {
-                    w.prefixes[c.prefix].clone()
-                };
-                t.truncate(1024 * BLOCK);
-                let fresh = 1024 * BLOCK - t.len();
-                t.extend(common::tokens(&mut rng, fresh));
-                t
-            })
-            .collect();
+        let prompts = common::route_prompts(&w, 256, 1024 * BLOCK);
         for i in 0..(workers as usize * 2) {
             router
                 .route(

@@ -196,3 +196,24 @@ pub fn router_with(workers: u64, policy: &str) -> (Router, Workload) {
     }
     (router, w)
 }
+
+/// `n` prompts of exactly `len` tokens for `route()`: even ones continue a cached
+/// conversation, odd ones start a new conversation on a shared prefix; fresh random
+/// tokens fill each up to `len`.
+pub fn route_prompts(w: &Workload, n: usize, len: usize) -> Vec<Vec<u32>> {
+    let mut rng = rng();
+    (0..n)
+        .map(|i| {
+            let c = &w.conversations[(i * 7919) % w.conversations.len()];
+            let mut t = if i % 2 == 0 {
+                c.tokens.clone()
+            } else {
+                w.prefixes[c.prefix].clone()
+            };
+            t.truncate(len);
+            let fresh = len - t.len();
+            t.extend(tokens(&mut rng, fresh));
+            t
+        })
+        .collect()
+}
