@@ -217,7 +217,7 @@ def test_plan_for_vllm_workers_then_router() -> None:
         "--port", "8000",
         "--policy", "kv_aware",
         "--overlap-weight", "2.0",
-        "--temperature", "0.05",
+        "--temperature", "0.0",
         "--served-model-name", "m",
     )  # fmt: skip
     assert plan.router_url == "http://127.0.0.1:8000"

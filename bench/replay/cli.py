@@ -142,6 +142,14 @@ def _workload_args(p: argparse.ArgumentParser) -> None:
         "--synthetic-requests", type=int, default=500, help="requests to generate (synthetic)"
     )
     g.add_argument(
+        "--synthetic-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="generator keyword (repeatable), e.g. n_prefixes=64 or output=64,256; see "
+        "bench/replay/synthetic.py",
+    )
+    g.add_argument(
         "--rate",
         type=float,
         default=None,
@@ -157,9 +165,10 @@ def _workload_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--length-scale",
         type=int,
-        default=32,
-        help="divide prompt lengths and the 512-token block by this (default 32: "
-        "a trace block becomes 16 tokens, one KV block)",
+        default=8,
+        help="divide prompt lengths and the 512-token block by this (default 8: a trace "
+        "block becomes 64 tokens, 4 KV blocks; with --output-scale 8 the prefill/decode "
+        "work ratio of the trace is kept)",
     )
     g.add_argument(
         "--output-scale",
@@ -210,7 +219,13 @@ def _fleet_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--block-size", type=int, default=16, help="KV block size in tokens")
     g.add_argument("--num-blocks", type=int, default=None, help="KV capacity per worker in blocks")
-    g.add_argument("--max-model-len", type=int, default=None, help="mocker --max-model-len")
+    g.add_argument(
+        "--max-model-len",
+        type=int,
+        default=16384,
+        help="mocker --max-model-len (default 16384: holds the scaled Mooncake prompts up "
+        "to p99.9); longer prompts are truncated to fit with their output",
+    )
     g.add_argument(
         "--model",
         default=str(REPO / ".cache" / "tiny-llama"),
@@ -277,12 +292,32 @@ def scaled_num_blocks(profile: str, length_scale: int, block_size: int) -> int |
     return max(1, capacity // length_scale // block_size)
 
 
+def _generator_kwargs(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings -> keywords: ints, floats, or tuples of them (``a,b``)."""
+
+    def number(text: str) -> int | float:
+        try:
+            return int(text)
+        except ValueError:
+            return float(text)
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--synthetic-arg expects KEY=VALUE, got {item!r}")
+        parts = [number(v) for v in value.split(",")]
+        out[key.replace("-", "_")] = tuple(parts) if len(parts) > 1 else parts[0]
+    return out
+
+
 def load_workload(args: argparse.Namespace) -> tuple[Workload, dict[str, Any]]:
     """The scaled, windowed workload the options describe, and how it was made."""
     if args.synthetic:
         # Synthetic generators take a rate directly; scale it afterwards like a trace.
-        base = GENERATORS[args.synthetic](args.synthetic_requests, 1.0, seed=args.seed)
-        source = f"synthetic:{args.synthetic}"
+        kwargs = _generator_kwargs(args.synthetic_arg)
+        base = GENERATORS[args.synthetic](args.synthetic_requests, 1.0, seed=args.seed, **kwargs)
+        source = f"synthetic:{args.synthetic}" + "".join(f" {a}" for a in args.synthetic_arg)
     else:
         path = args.trace or DEFAULT_TRACE
         base = load_trace(path)

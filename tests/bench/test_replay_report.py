@@ -142,3 +142,35 @@ def test_summarize_run() -> None:
     table = markdown_table([s])
     assert table.count("\n") == 3 and "| x |" in table
     assert s.to_dict()["ttft"]["p50"] == pytest.approx(400.0)
+
+
+def test_cli_workload_options() -> None:
+    """CLI options -> the scaled workload (no servers started)."""
+    from bench.replay.cli import build_parser, load_workload, scaled_num_blocks
+
+    args = build_parser().parse_args(
+        [
+            "run",
+            "--synthetic",
+            "shared_prefix",
+            "--synthetic-requests",
+            "50",
+            "--synthetic-arg",
+            "n_prefixes=3",
+            "--synthetic-arg",
+            "output=8,16",
+            "--rate",
+            "25",
+        ]
+    )
+    work, meta = load_workload(args)
+    assert len(work.requests) == 50 and work.block_tokens == 64  # 512 / --length-scale 8
+    assert work.mean_rate == pytest.approx(25.0)
+    assert len({r.hash_ids[:8] for r in work.requests}) <= 3
+    assert all(1 <= r.output_length <= 2 for r in work.requests)  # (8..16) / --output-scale 8
+    assert meta["source"] == "synthetic:shared_prefix n_prefixes=3 output=8,16"
+    # The profile's KV capacity shrinks with the prompts (tokens / length scale / block size).
+    from bisllm_workers.mocker.timing import get_profile
+
+    capacity = get_profile("h100-llama3-8b").kv_capacity_tokens
+    assert scaled_num_blocks("h100-llama3-8b", 8, 16) == capacity // 8 // 16

@@ -62,8 +62,8 @@ def test_minimal_config_is_valid_with_bis_llm_defaults() -> None:
     assert rt.tensor_parallel_size == 1 and rt.max_seq_len is None
     assert cfg.trt_llm.build.quantization_type == "no_quant"
     routing = cfg.llm_config.b10_routing_config
-    assert (routing.router_queue_policy, routing.router_overlap_score_weight) == ("fcfs", 3.5)
-    assert routing.router_temperature == 0.05
+    assert (routing.router_queue_policy, routing.router_overlap_score_weight) == ("fcfs", 8.0)
+    assert routing.router_temperature == 0.0
     assert cfg.served_model_name == "m"
 
 

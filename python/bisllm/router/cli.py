@@ -83,9 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--overlap-weight",
         type=float,
-        default=1.0,
+        default=8.0,
         help="kv_aware: weight of prefill work (uncached blocks) against decode load; higher "
-        "favours cache hits, lower favours spreading load (default 1.0)",
+        "favours cache hits, lower favours spreading load (default 8: the best measured on "
+        "the Mooncake trace, see bench/results/README.md)",
     )
     g.add_argument(
         "--temperature",
