@@ -79,8 +79,13 @@ _booking_seq = itertools.count()
 async def send_response(
     send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
+    length = (b"content-length", str(len(body)).encode())
     await send(
-        {"type": "http.response.start", "status": status, "headers": [_JSON, *(headers or [])]}
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [_JSON, length, *(headers or [])],
+        }
     )
     await send({"type": "http.response.body", "body": body})
 
