@@ -128,10 +128,9 @@ class KvEventSubscriber:
         try:
             while True:
                 frames = await sub.recv_multipart(copy=False)
-                self._handle(frames)
-                if self._pending_replay is not None:
-                    await self._catch_up(*self._pending_replay)
-                    self._pending_replay = None
+                replay = self._handle(frames)
+                if replay is not None:
+                    await self._catch_up(*replay)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -140,12 +139,11 @@ class KvEventSubscriber:
         finally:
             sub.close(linger=0)
 
-    _pending_replay: tuple[int, int, bytes] | None = None
-
-    def _handle(self, frames: list[zmq.Frame]) -> None:
+    def _handle(self, frames: list[zmq.Frame]) -> tuple[int, int, bytes] | None:
+        """Apply one live message, or return ``(start, seq, payload)`` to replay first."""
         if len(frames) != 3 or len(frames[1].bytes) != 8:
             self._invalid(f"expected 3 frames [topic, seq, payload], got {len(frames)}")
-            return
+            return None
         seq = int.from_bytes(frames[1].bytes, "big", signed=True)
         payload = frames[2].bytes
         if self.state == IndexState.APPROXIMATE:
@@ -156,17 +154,15 @@ class KvEventSubscriber:
         if expected is None or seq == expected:
             if expected is None and seq > 0 and self.replay_endpoint:
                 # First message after (re)connecting: fetch what was published before.
-                self._pending_replay = (0, seq, payload)
-                return
+                return (0, seq, payload)
             self._apply(seq, payload)
         elif seq > expected:
             self.stats.gaps += 1
             self._set_state(IndexState.DEGRADED)
             if self.replay_endpoint:
-                self._pending_replay = (expected, seq, payload)
-            else:
-                self.core.clear_worker(self.worker_id)
-                self._apply(seq, payload)
+                return (expected, seq, payload)
+            self.core.clear_worker(self.worker_id)
+            self._apply(seq, payload)
         else:
             logger.warning(
                 "worker %d event sequence reset (%d after %d): clearing its entries",
@@ -177,6 +173,7 @@ class KvEventSubscriber:
             self.stats.resets += 1
             self.core.clear_worker(self.worker_id)
             self._apply(seq, payload)
+        return None
 
     def _apply(self, seq: int, payload: bytes) -> bool:
         try:
